@@ -1,0 +1,1 @@
+"""Simulated environments. They know nothing of `rpl_jax`."""
