@@ -204,3 +204,22 @@ def build_model(physics: PhysicsConfig = PhysicsConfig(), extra_pairs: tuple[tup
     raise AssertionError('implicit collisions left on')
   check_pairs_supported(model)
   return model
+
+
+
+@functools.lru_cache(maxsize=1)
+def franka_config() -> dict[str, np.ndarray]:
+  """FrankaKitchen-v1's per-coordinate robot config, read from the installed franka_config.xml.
+
+  Rows qpos0..qpos<N>: 'pos_bound' and 'vel_bound' ([N, 2]; v1 clips the commanded velocity and the
+  position target of the 9 robot joints with these, not with the model's joint ranges) and
+  'pos_noise_amp' and 'vel_noise_amp' ([N]; v1's observation-noise amplitudes).
+  """
+  import xml.etree.ElementTree as ElementTree
+  path = os.path.join(os.path.dirname(os.path.dirname(asset_path())), 'franka_assets', 'franka_config.xml')
+  rows = list(ElementTree.parse(path).getroot())
+  if [r.tag for r in rows[:9]] != [f'qpos{i}' for i in range(9)]:
+    raise ValueError(f'{path} does not start with rows qpos0..qpos8; unexpected gymnasium-robotics version.')
+  values = lambda attr: np.array([[float(v) for v in r.get(attr).split()] for r in rows])
+  return {'pos_bound': values('pos_bound'), 'vel_bound': values('vel_bound'),
+          'pos_noise_amp': values('pos_noise_amp')[:, 0], 'vel_noise_amp': values('vel_noise_amp')[:, 0]}
