@@ -9,7 +9,7 @@ values (`tasks.goal_mask`). The reward counts goal elements completed for the fi
 step, so an episode's return is its step completion, as with v1's `remove_task_when_completed`.
 
 Bad input fails at trace time with a clear error; non-finite actions are zeroed and counted; a
-non-finite physics state ends that env only (done, reward 0, counted), keeping its last finite state.
+non-finite physics state ends that env only (done, reward 0, counted) and keeps its pre-step state.
 """
 
 import dataclasses
@@ -100,7 +100,7 @@ class KitchenEnv:
     action = _check_action(action)
     finite = jnp.isfinite(action)
     action = jnp.where(finite, action, 0.0)
-    ctrl = self._ctrl(state.obs[:tasks.ROBOT_DOF], action)
+    ctrl = self.ctrl(state.obs[:tasks.ROBOT_DOF], action)
     data = self.physics.step(state.data, ctrl)
     diverged = ~(jnp.isfinite(data.qpos).all() & jnp.isfinite(data.qvel).all())
     data = jax.tree.map(lambda new, old: jnp.where(diverged, old, new), data, state.data)
@@ -120,7 +120,8 @@ class KitchenEnv:
     return State(data=data, obs=self._observe(data, obs_key), reward=jnp.where(diverged, 0.0, newly),
                  done=success | diverged | (t >= self.config.horizon), metrics=metrics, info=info)
 
-  def _ctrl(self, robot_qpos: jax.Array, action: jax.Array) -> jax.Array:
+  def ctrl(self, robot_qpos: jax.Array, action: jax.Array) -> jax.Array:
+    """Position targets of the 9 actuators for a (finite) action from the observed robot qpos."""
     velocity = jnp.clip(2.0 * jnp.clip(action, -1.0, 1.0), self._vel_bounds[:, 0], self._vel_bounds[:, 1])
     target = robot_qpos + velocity * kitchen_model.CONTROL_DT
     return jnp.clip(target, self._pos_bounds[:, 0], self._pos_bounds[:, 1])

@@ -188,9 +188,9 @@ def check_pairs_supported(model: mujoco.MjModel) -> None:
   """Raises UnsupportedPairError naming every pair MJX-JAX cannot collide."""
   bad = []
   for i in range(model.npair):
-    (t1, g1), (t2, g2) = sorted((mjx_types.GeomType(model.geom_type[g]), g)
-                                for g in (model.pair_geom1[i], model.pair_geom2[i]))
-    if not collision_driver.has_collision_fn(t1, t2):
+    g1, g2 = model.pair_geom1[i], model.pair_geom2[i]
+    t1, t2 = mjx_types.GeomType(model.geom_type[g1]), mjx_types.GeomType(model.geom_type[g2])
+    if not collision_driver.has_collision_fn(*sorted((t1, t2))):
       bad.append(f'{model.geom(g1).name or g1} ({t1.name.lower()}) - {model.geom(g2).name or g2} ({t2.name.lower()})')
   if bad:
     raise UnsupportedPairError('MJX-JAX has no collision function for these geom pairs: ' + '; '.join(bad))
