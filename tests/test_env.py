@@ -94,7 +94,7 @@ def test_success_ends_the_episode_and_horizon_truncates():
 
 def test_nonfinite_actions_are_zeroed_and_counted(microwave_goal):
   _, state, step = _reset(microwave_goal)
-  action = jnp.full((B, ACTION_DIM), 0.3).at[0, :3].set(jnp.array([jnp.nan, jnp.inf, -jnp.inf]))
+  action = jnp.full((B, ACTION_DIM), 0.3, jnp.float32).at[0, :3].set(jnp.array([jnp.nan, jnp.inf, -jnp.inf]))
   sanitized = step(state, action)
   reference = step(state, action.at[0, :3].set(0.0))
   np.testing.assert_array_equal(sanitized.metrics['nonfinite_actions'], [3.0, 0.0, 0.0])
