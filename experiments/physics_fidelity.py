@@ -1,16 +1,17 @@
 """Physics fidelity of the reduced kitchen model: which PhysicsConfig to use by default.
 
-Owns the open-loop fidelity check, C MuJoCo only and single-threaded (no MJX/JAX). Scripted action
-sequences (smooth arm motion, plus contact sequences found by a seeded search that move the objects)
-are rolled out with FrankaKitchen-v1's action semantics (velocity action -> position target from the
-current robot qpos, both clipped by franka_config) on:
+Owns the open-loop fidelity check: C MuJoCo physics, single-threaded (no MJX; the env's action
+mapping and element predicates run eagerly). Scripted action sequences (smooth arm motion, plus
+contact sequences found by a seeded search that move the objects) are rolled out with
+FrankaKitchen-v1's action semantics (velocity action -> position target from the current robot
+qpos, both clipped by franka_config) on:
 - the reference: the reduced model at REFERENCE_PHYSICS (dt 0.002 x 40, Euler, Newton 100 iterations);
 - the reference with its actions perturbed by 1e-6 (the noise floor: how chaotic the rollouts are);
 - the stock model with its own options (the effect of the collision reduction itself);
 - candidate configs of the reduced model (timestep/substeps x integrator x Newton iterations).
 Every row is compared with the reference: robot tracking error, object-state error and element-distance
 error per control step (free-motion and contact sequences summarized apart), control steps where an
-element's completion (< 0.3) differs, instability, and wall time per control step.
+element's completion (< 0.3) differs, instability, and physics wall time per control step.
 """
 
 import itertools
@@ -22,6 +23,7 @@ from absl import flags
 import mujoco
 import numpy as np
 
+from envs.kitchen import env as kitchen_env
 from envs.kitchen import model as kitchen_model
 from envs.kitchen import tasks
 
@@ -60,15 +62,9 @@ def candidate_grid() -> list[kitchen_model.PhysicsConfig]:
           for (dt, n), integ, it in itertools.product(TIMINGS, INTEGRATORS, ITERATIONS)]
 
 
-def ctrl_target(robot_qpos: np.ndarray, action: np.ndarray, pos_bound: np.ndarray, vel_bound: np.ndarray) -> np.ndarray:
-  """FrankaKitchen-v1: action in [-1, 1]^9 -> joint velocity 2a -> position target one control period ahead."""
-  velocity = np.clip(2.0 * np.clip(action, -1.0, 1.0), vel_bound[:, 0], vel_bound[:, 1])
-  return np.clip(robot_qpos + kitchen_model.CONTROL_DT * velocity, pos_bound[:, 0], pos_bound[:, 1])
-
-
 def rollout(model: mujoco.MjModel, substeps: int, actions: np.ndarray) -> dict:
   """qpos after reset and after each control step ([T+1, 30]; NaN from an unstable step on), the first
-  unstable control step (None if stable) and the wall time of the stepping."""
+  unstable control step (None if stable) and the wall time of the physics steps."""
   config = kitchen_model.franka_config()
   pos_bound, vel_bound = config['pos_bound'][:tasks.ROBOT_DOF], config['vel_bound'][:tasks.ROBOT_DOF]
   data = mujoco.MjData(model)
@@ -77,11 +73,13 @@ def rollout(model: mujoco.MjModel, substeps: int, actions: np.ndarray) -> dict:
   qpos = np.full((len(actions) + 1, model.nq), np.nan)
   qpos[0] = data.qpos
   unstable_at = None
-  start = time.perf_counter()
+  seconds = 0.0  # physics only: the eager action mapping is the same for every config
   for t, action in enumerate(actions):
-    data.ctrl[:] = ctrl_target(data.qpos[:tasks.ROBOT_DOF], action, pos_bound, vel_bound)
+    data.ctrl[:] = kitchen_env.position_target(data.qpos[:tasks.ROBOT_DOF], action, pos_bound, vel_bound)
+    start = time.perf_counter()
     for _ in range(substeps):
       mujoco.mj_step(model, data)
+    seconds += time.perf_counter() - start
     # C MuJoCo resets a diverging simulation to qpos0 (time back to 0) and counts a warning.
     expected_time = (t + 1) * substeps * model.opt.timestep
     if (any(data.warning[w].number for w in _BAD) or abs(data.time - expected_time) > 0.5 * model.opt.timestep
@@ -89,7 +87,7 @@ def rollout(model: mujoco.MjModel, substeps: int, actions: np.ndarray) -> dict:
       unstable_at = t + 1
       break
     qpos[t + 1] = data.qpos
-  return {'qpos': qpos, 'unstable_at': unstable_at, 'seconds': time.perf_counter() - start}
+  return {'qpos': qpos, 'unstable_at': unstable_at, 'seconds': seconds}
 
 
 def smooth_actions(rng: np.random.Generator, steps: int, alpha: float = 0.9, scale: float = 0.5,
@@ -138,10 +136,8 @@ def find_contact_sequences(model: mujoco.MjModel, substeps: int, steps: int, tri
   return found
 
 
-def element_distances(qpos: np.ndarray) -> np.ndarray:
-  """[T, 7]: tasks.element_distances in numpy."""
-  return np.stack([np.linalg.norm(qpos[:, list(tasks.ELEMENT_INDICES[e])] - tasks.ELEMENT_GOALS[e], axis=-1)
-                   for e in tasks.ELEMENTS], axis=-1)
+def distances(qpos: np.ndarray) -> np.ndarray:
+  return np.asarray(tasks.element_distances(qpos))
 
 
 def errors(qpos: np.ndarray, ref: np.ndarray) -> dict:
@@ -152,10 +148,10 @@ def errors(qpos: np.ndarray, ref: np.ndarray) -> dict:
   per_step = {
       'robot': np.abs(qpos[:, :tasks.ROBOT_DOF] - ref[:, :tasks.ROBOT_DOF]).max(axis=1),
       'object': np.abs(qpos[:, tasks.ROBOT_DOF:] - ref[:, tasks.ROBOT_DOF:]).max(axis=1),
-      'element_distance': np.abs(element_distances(qpos) - element_distances(ref)).max(axis=1),
+      'element_distance': np.abs(distances(qpos) - distances(ref)).max(axis=1),
   }
-  completion_flips = int(((element_distances(qpos) < tasks.THRESHOLD)
-                          != (element_distances(ref) < tasks.THRESHOLD)).any(axis=1).sum())
+  completion_flips = int(((distances(qpos) < tasks.THRESHOLD)
+                          != (distances(ref) < tasks.THRESHOLD)).any(axis=1).sum())
   result = {f'{k}_max': float(v.max()) if len(v) else None for k, v in per_step.items()}
   result.update({f'{k}_mean': float(v.mean()) if len(v) else None for k, v in per_step.items()})
   result['completion_flip_steps'] = completion_flips

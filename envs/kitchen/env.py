@@ -122,9 +122,7 @@ class KitchenEnv:
 
   def ctrl(self, robot_qpos: jax.Array, action: jax.Array) -> jax.Array:
     """Position targets of the 9 actuators for a (finite) action from the observed robot qpos."""
-    velocity = jnp.clip(2.0 * jnp.clip(action, -1.0, 1.0), self._vel_bounds[:, 0], self._vel_bounds[:, 1])
-    target = robot_qpos + velocity * kitchen_model.CONTROL_DT
-    return jnp.clip(target, self._pos_bounds[:, 0], self._pos_bounds[:, 1])
+    return position_target(robot_qpos, action, self._pos_bounds, self._vel_bounds)
 
   def _observe(self, data, key: jax.Array) -> jax.Array:
     qpos_key, qvel_key = jax.random.split(key)
@@ -133,6 +131,13 @@ class KitchenEnv:
       return qpos
     qvel = data.qvel + self._qvel_noise * jax.random.uniform(qvel_key, data.qvel.shape, minval=-1.0, maxval=1.0)
     return jnp.concatenate([qpos, qvel])
+
+
+def position_target(robot_qpos, action, pos_bounds, vel_bounds) -> jax.Array:
+  """FrankaKitchen-v1's control: velocity 2 * clip(action, -1, 1), clipped to vel_bounds ([9, 2]);
+  target = robot_qpos + velocity * 80 ms, clipped to pos_bounds ([9, 2])."""
+  velocity = jnp.clip(2.0 * jnp.clip(action, -1.0, 1.0), vel_bounds[:, 0], vel_bounds[:, 1])
+  return jnp.clip(robot_qpos + velocity * kitchen_model.CONTROL_DT, pos_bounds[:, 0], pos_bounds[:, 1])
 
 
 def _check_action(action) -> jax.Array:
