@@ -12,7 +12,7 @@ def test_only_explicit_supported_pairs():
   names = {model.geom(model.pair_geom1[i]).name for i in range(model.npair)}
   names |= {model.geom(model.pair_geom2[i]).name for i in range(model.npair)}
   assert set(kitchen_model.ROBOT_COLLIDER_NAMES) <= names
-  assert {'kettle_base', 'kettle_support0', 'floor'} <= names
+  assert {'kettle_base', 'kettle_foot0', 'kettle_foot3', 'kettle_support0', 'floor'} <= names
   kitchen_model.check_pairs_supported(model)  # raises if not
   assert model.nq == 30 and model.nu == 9
 

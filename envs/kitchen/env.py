@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import mujoco
 import numpy as np
 from flax import struct
 
@@ -72,6 +73,8 @@ class KitchenEnv:
     self._pos_bounds = jnp.asarray(franka['pos_bound'][:ACTION_DIM], jnp.float32)
     self._vel_bounds = jnp.asarray(franka['vel_bound'][:ACTION_DIM], jnp.float32)
     self._qpos_noise, self._qvel_noise = (jnp.asarray(a, jnp.float32) for a in _noise_amplitudes(config))
+    self._quaternion_adr = [int(self.model.jnt_qposadr[j]) + 3 for j in range(self.model.njnt)
+                            if self.model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
 
   @property
   def observation_size(self) -> int:
@@ -84,6 +87,9 @@ class KitchenEnv:
     key, init_key, obs_key = jax.random.split(key, 3)
     qpos = jnp.asarray(tasks.INIT_QPOS, jnp.float32)
     qpos = qpos + self.config.reset_noise_scale * jax.random.uniform(init_key, qpos.shape, minval=-1.0, maxval=1.0)
+    # v1's reset state has a kettle quaternion of norm 1.006; both engines would normalize it, differently.
+    for adr in self._quaternion_adr:
+      qpos = qpos.at[adr:adr + 4].set(qpos[adr:adr + 4] / jnp.linalg.norm(qpos[adr:adr + 4]))
     data = self.physics.init(qpos, jnp.zeros(self.model.nv, jnp.float32))
     mask = tasks.goal_mask(goal)
     completed = tasks.element_completion(data.qpos) & mask
