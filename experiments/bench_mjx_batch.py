@@ -20,6 +20,9 @@ _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '4', '32'], 'Batch sizes t
 _STEPS = flags.DEFINE_integer('steps', 20, 'Physics steps per timed call (one lax.scan).')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per batch size; the best is reported.')
 _OUT = flags.DEFINE_string('out', None, 'JSON output path (default: print only).')
+_ITERATIONS = flags.DEFINE_integer('iterations', kitchen_model.PhysicsConfig.iterations, 'Solver iterations.')
+_LS_ITERATIONS = flags.DEFINE_integer('ls_iterations', kitchen_model.PhysicsConfig.ls_iterations,
+                                      'Solver line-search iterations.')
 
 
 def measure(mx: mjx.Model, data: mjx.Data, batch: int, steps: int, repeats: int) -> dict:
@@ -42,13 +45,15 @@ def measure(mx: mjx.Model, data: mjx.Data, batch: int, steps: int, repeats: int)
 
 def main(argv):
   del argv
-  model = kitchen_model.build_model()
+  physics = kitchen_model.PhysicsConfig(iterations=_ITERATIONS.value, ls_iterations=_LS_ITERATIONS.value)
+  model = kitchen_model.build_model(physics)
   data = mujoco.MjData(model)
   mujoco.mj_resetDataKeyframe(model, data, 0)
   mx, dx = mjx.put_model(model), mjx.put_data(model, data)
   rows = [measure(mx, dx, int(b), _STEPS.value, _REPEATS.value) for b in _BATCH_SIZES.value]
-  result = {'jax': jax.__version__, 'mujoco': mujoco.__version__, 'steps': _STEPS.value, 'rows': rows}
-  print(f"jax {result['jax']}  mujoco {result['mujoco']}")
+  result = {'jax': jax.__version__, 'mujoco': mujoco.__version__, 'steps': _STEPS.value, 'physics': str(physics),
+            'rows': rows}
+  print(f"jax {result['jax']}  mujoco {result['mujoco']}  {physics}")
   print(f"{'batch':>6} {'physics steps/s':>16} {'compile s':>10}")
   for r in rows:
     print(f"{r['batch']:>6} {r['physics_steps_per_s']:>16.0f} {r['compile_and_first_call_s']:>10.1f}")
