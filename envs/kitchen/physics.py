@@ -10,6 +10,7 @@ Both are pure JAX-traceable functions of pytrees, so they run under `jit` and `v
   same failure signal as on MJX.
 """
 
+import atexit
 import threading
 from typing import Any, Protocol
 
@@ -68,6 +69,10 @@ class CpuPhysics:
     self._model = model
     self._nthread = nthread
     self._rollout = mujoco.rollout.Rollout(nthread=nthread)
+    # At interpreter exit, steps JAX has dispatched but not finished would call back into a finalizing
+    # interpreter and abort it ("PyGILState_Release: thread state must be current"): finish them, then
+    # stop the native thread pool. A step dispatched later still runs, on the calling thread.
+    atexit.register(self._shutdown)
     self._data = [mujoco.MjData(model) for _ in range(nthread)]
     self._state_spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
     if mujoco.mj_stateSize(model, self._state_spec) != 1 + model.nq + model.nv:
@@ -81,6 +86,12 @@ class CpuPhysics:
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), data)
     return jax.pure_callback(self._host_step, shapes, data, ctrl, vmap_method='broadcast_all')
 
+  def _shutdown(self) -> None:
+    jax.block_until_ready(jax.live_arrays())
+    with self._lock:
+      self._rollout.close()
+      self._rollout = None
+
   def _host_step(self, data: CpuData, ctrl: np.ndarray) -> CpuData:
     m = self._model
     batch_shape = np.shape(data.time)
@@ -90,8 +101,8 @@ class CpuPhysics:
     ctrl = np.asarray(ctrl, np.float64).reshape(-1, 1, m.nu)
     initial = np.concatenate([time, qpos, qvel], axis=1)
     with self._lock:
-      states, _ = self._rollout.rollout(
-          m, self._data, initial, ctrl, nstep=self.substeps)
+      runner = self._rollout or mujoco.rollout.Rollout(nthread=0)
+      states, _ = runner.rollout(m, self._data, initial, ctrl, nstep=self.substeps)
     final = states[:, -1]
     expected_time = time[:, 0] + self.substeps * m.opt.timestep
     # C MuJoCo resets an unstable simulation (time goes back to 0); a bad input is reset at once.

@@ -1,0 +1,331 @@
+"""A scripted, privileged expert for the kitchen: pure JAX, per-env phase machine, any backend.
+
+Each element is manipulated the same way. The expert grasps the element's handle (its site), then
+drives a *desired element state* from the current one toward the goal a little every step and moves
+the hand to where the grasped point would be at that desired state, found by forward kinematics of
+the model itself; the element follows the hand. Phases per element: approach a pre-grasp point,
+reach, close the gripper, manipulate, open, retreat. Hand motion is damped-least-squares IK on the
+end-effector site's Jacobian (forward-mode derivatives of MJX kinematics), with gravity compensation
+from the gradient of the arm's potential energy; the result is expressed in the env's own action
+space (velocity actions, [-1, 1]^9), so demos replay as actions.
+
+The randomness that makes the play varied is drawn per demo from the expert's key: approach offsets,
+manipulation speed, short pauses between phases and an occasional retreat-and-retry.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from flax import struct
+from mujoco import mjx
+
+from envs.kitchen import model as kitchen_model
+from envs.kitchen import tasks
+
+ARM_DOF = 7
+_STEP = 2.0 * kitchen_model.CONTROL_DT  # joint displacement per control step at action 1
+_OPEN, _CLOSED = 0.04, 0.0
+_LIMIT_MARGIN = 0.05  # rad kept from the arm's joint limits
+
+# Phases of one element.
+APPROACH, REACH, CLOSE, MANIPULATE, RELEASE, RETREAT = range(6)
+PHASE_NAMES = ('approach', 'reach', 'close', 'manipulate', 'release', 'retreat')
+
+
+# Gripper orientations (columns: site x, y, z axes in world; the fingers open along y, the gripper
+# points along z). FORWARD is the reset pose's: pointing at the back wall (+y), fingers along world x,
+# straddling the knob grips, the switch lever and the slide handle (pushed along x). LEFT and RIGHT
+# point along -x and +x with the fingers along y, so a door handle pulled toward the robot (-y) bears
+# on a finger instead of sliding out past the finger tips. DOWN points at the floor with the fingers
+# along y, across the kettle's handle (a bar along x).
+FORWARD = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+LEFT = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+RIGHT = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
+
+
+@dataclasses.dataclass(frozen=True)
+class ElementMotion:
+  site: str  # the handle's site; the hand grasps it
+  orientation: np.ndarray  # gripper orientation while grasping
+  speed: float  # element coordinate change per control step while manipulating (rad or m)
+  grasp_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # hand minus site at grasp (world, m)
+  turn_with_site: bool = False  # the gripper turns with the handle (knobs) rather than sliding on it
+  free_yaw: bool = False  # while manipulating, the yaw about the (vertical) handle is left to the IK
+  approach: float = 0.10  # pre-grasp distance back along the gripper axis (m)
+
+
+# Grasp offsets keep the finger tips (5-6 cm past the end-effector site) off the panel behind a handle:
+# a knob's grip bar is 2.5 cm in front of its plate.
+MOTIONS = {
+    'bottom burner': ElementMotion('knob2_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.045, 0.0),
+                                   turn_with_site=True),
+    'top burner': ElementMotion('knob4_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.045, 0.0),
+                                turn_with_site=True),
+    'light switch': ElementMotion('light_site', FORWARD, speed=0.06, grasp_offset=(0.0, -0.02, 0.0)),
+    'slide cabinet': ElementMotion('slide_site', FORWARD, speed=0.03, free_yaw=True),
+    'hinge cabinet': ElementMotion('hinge_site2', RIGHT, speed=0.08, free_yaw=True),
+    'microwave': ElementMotion('microhandle_site', LEFT, speed=0.06, free_yaw=True),
+    'kettle': ElementMotion('kettle_site', DOWN, speed=0.02),
+}
+# Kettle transport: lift this high above the goal height before moving across (m).
+_KETTLE_LIFT = 0.08
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertConfig:
+  gain: float = 0.8  # fraction of the task-space error corrected per control step
+  damping: float = 0.05  # DLS damping (lambda)
+  max_joint_step: float = 0.16  # rad per control step (action 1)
+  max_hand_step: float = 0.08  # m of position error taken per step
+  max_turn_step: float = 0.4  # rad of orientation error taken per step
+  position_tolerance: float = 0.015  # m: reach/approach waypoint reached
+  approach_noise: float = 0.03  # rad: uniform per-joint offset of the pre-grasp posture
+  speed_range: tuple[float, float] = (0.7, 1.3)  # per-demo factor on manipulation speed
+  max_pause: int = 3  # steps of a random pause between phases
+  retry_probability: float = 0.1  # per element: release and retreat once midway, then start again
+  close_steps: int = 4
+  release_steps: int = 3
+  phase_timeout: int = 60
+
+
+@struct.dataclass
+class ExpertState:
+  plan: jax.Array  # int32 [K]: element indices (into tasks.ELEMENTS) in order
+  index: jax.Array  # int32: position in the plan (K when done)
+  phase: jax.Array  # int32
+  timer: jax.Array  # int32: steps in this phase
+  pause: jax.Array  # int32: remaining pause steps
+  offset: jax.Array  # [7]: joint offset of this element's pre-grasp posture
+  speed: jax.Array  # per-demo speed factor
+  retry_at: jax.Array  # int32: manipulation step at which to let go once and start over (-1: never)
+  grasp: jax.Array  # [3]: hand position minus the site's at grasp time
+  grasp_rot: jax.Array  # [3, 3]: the site's orientation at grasp time
+  key: jax.Array
+
+  @property
+  def done(self) -> jax.Array:
+    return self.index >= self.plan.shape[-1]
+
+
+def _vee(skew: jax.Array) -> jax.Array:
+  return jnp.stack([skew[2, 1], skew[0, 2], skew[1, 0]])
+
+
+def _cap(vector: jax.Array, norm: float) -> jax.Array:
+  return vector * jnp.minimum(1.0, norm / jnp.maximum(jnp.linalg.norm(vector), 1e-9))
+
+
+def _cap_abs(step: jax.Array, limit) -> jax.Array:
+  """Scales a joint step (not each joint) to the speed limit, so the hand keeps its direction."""
+  return step * jnp.minimum(1.0, limit / jnp.maximum(jnp.abs(step).max(), 1e-9))
+
+
+def _orientation_error(current: jax.Array, target: jax.Array) -> jax.Array:
+  """Rotation vector (world frame) that turns `current` toward `target` (small-angle form)."""
+  return 0.5 * jnp.sum(jnp.cross(current.T, target.T), axis=0)
+
+
+class Expert:
+  """`init(key, plan) -> ExpertState`; `act(state, qpos) -> (action, state)`. Pure; jit/vmap-able."""
+
+  def __init__(self, model: mujoco.MjModel, config: ExpertConfig = ExpertConfig()):
+    self.config = config
+    self._model = mjx.put_model(model)
+    self._ee = model.site('end_effector').id
+    motions = [MOTIONS[e] for e in tasks.ELEMENTS]
+    self._sites = jnp.array([model.site(m.site).id for m in motions])
+    self._orientation = jnp.asarray(np.stack([m.orientation for m in motions]), jnp.float32)
+    self._speed = jnp.array([m.speed for m in motions], jnp.float32)
+    self._grasp_offset = jnp.array([m.grasp_offset for m in motions], jnp.float32)
+    self._turn = jnp.array([m.turn_with_site for m in motions])
+    self._free_yaw = jnp.array([m.free_yaw for m in motions])
+    self._approach = jnp.array([m.approach for m in motions], jnp.float32)
+    masks = np.zeros((len(tasks.ELEMENTS), tasks.NQ), bool)
+    goal = np.zeros(tasks.NQ, np.float32)
+    for i, element in enumerate(tasks.ELEMENTS):
+      masks[i, list(tasks.ELEMENT_INDICES[element])] = True
+      goal[list(tasks.ELEMENT_INDICES[element])] = tasks.ELEMENT_GOALS[element]
+    self._masks, self._goal = jnp.asarray(masks), jnp.asarray(goal)
+    self._kettle = tasks.ELEMENTS.index('kettle')
+    self._kettle_idx = np.array(tasks.ELEMENT_INDICES['kettle'])
+    self._kp = jnp.asarray(model.actuator_gainprm[:ARM_DOF, 0], jnp.float32)
+    self._weight = jnp.asarray(-model.body_mass[:, None] * model.opt.gravity[None], jnp.float32)  # [nbody, 3]
+    self._nominal = jnp.asarray(tasks.INIT_QPOS[:ARM_DOF], jnp.float32)
+    limits = model.jnt_range[:ARM_DOF]
+    self._low = jnp.asarray(limits[:, 0] + _LIMIT_MARGIN, jnp.float32)
+    self._high = jnp.asarray(limits[:, 1] - _LIMIT_MARGIN, jnp.float32)
+    self._pre_grasp = self._solve_pre_grasps()
+
+  def _ik(self, jacobian: jax.Array, error: jax.Array, q: jax.Array) -> jax.Array:
+    """Damped-least-squares joint step toward a task-space error, with a null-space pull toward the
+    nominal posture. Joints that the step would push past their limits are frozen and the step is
+    solved again without them, so the others take up the motion."""
+    c = self.config
+
+    def solve(jac):
+      jjt = jac @ jac.T + c.damping**2 * jnp.eye(6)
+      projector = jnp.eye(ARM_DOF) - jac.T @ jnp.linalg.solve(jjt, jac)
+      return jac.T @ jnp.linalg.solve(jjt, error) + projector @ (0.05 * (self._nominal - q))
+
+    dq = solve(jacobian)
+    blocked = ((q + dq < self._low) & (dq < 0)) | ((q + dq > self._high) & (dq > 0))
+    dq = jnp.clip(solve(jnp.where(blocked[None], 0.0, jacobian)), self._low - q, self._high - q)
+    return _cap_abs(dq, c.max_joint_step)
+
+  def _solve_pre_grasps(self, seeds: int = 16, iterations: int = 200) -> jax.Array:
+    """[7 elements, 7]: arm postures that put the hand at each element's pre-grasp pose (the handle
+    at reset, backed off along the gripper axis), by kinematic DLS iterations from random seeds
+    around the reset posture; the seed that ends closest wins."""
+    qpos = jnp.asarray(tasks.INIT_QPOS, jnp.float32)
+    sites = self._kinematics(qpos).site_xpos[self._sites]
+    targets = sites + self._grasp_offset - self._approach[:, None] * self._orientation[:, :, 2]
+
+    def solve(target_pos, target_mat, q):
+      def iterate(q, _):
+        pos, mat, jacobian, _ = self._hand(qpos.at[:ARM_DOF].set(q))
+        error = jnp.concatenate([_cap(target_pos - pos, 0.1), _cap(_orientation_error(mat, target_mat), 0.5)])
+        return q + self._ik(jacobian, 0.5 * error, q), None
+
+      q = jax.lax.scan(iterate, q, None, length=iterations)[0]
+      pos, mat, _, _ = self._hand(qpos.at[:ARM_DOF].set(q))
+      return q, jnp.linalg.norm(target_pos - pos) + 0.1 * jnp.linalg.norm(_orientation_error(mat, target_mat))
+
+    starts = qpos[:ARM_DOF] + jax.random.uniform(jax.random.key(0), (seeds, ARM_DOF), minval=-0.5, maxval=0.5)
+    starts = jnp.clip(starts, self._low, self._high)
+    q, error = jax.jit(jax.vmap(jax.vmap(solve, (None, None, 0)), (0, 0, None)))(targets, self._orientation, starts)
+    best = jnp.argmin(error, axis=1)
+    self.pre_grasp_error = np.asarray(error[jnp.arange(len(tasks.ELEMENTS)), best])
+    return q[jnp.arange(len(tasks.ELEMENTS)), best]
+
+  def init(self, key: jax.Array, plan: jax.Array) -> ExpertState:
+    plan = jnp.asarray(plan, jnp.int32)
+    if plan.ndim != 1:
+      raise ValueError(f'plan must be a 1-d array of element indices, got shape {plan.shape}.')
+    key, speed_key, element_key = jax.random.split(key, 3)
+    low, high = self.config.speed_range
+    zero = jnp.zeros((), jnp.int32)
+    state = ExpertState(plan=plan, index=zero, phase=zero, timer=zero, pause=zero, offset=jnp.zeros(ARM_DOF),
+                        speed=jax.random.uniform(speed_key, (), minval=low, maxval=high), retry_at=zero - 1,
+                        grasp=jnp.zeros(3), grasp_rot=jnp.eye(3), key=key)
+    return self._new_element(state, element_key)
+
+  def _new_element(self, state: ExpertState, key: jax.Array) -> ExpertState:
+    """Draws the per-element randomness: pre-grasp offset and whether to let go once midway."""
+    c = self.config
+    offset_key, retry_key, when_key = jax.random.split(key, 3)
+    retry = jax.random.uniform(retry_key) < c.retry_probability
+    return state.replace(
+        phase=jnp.int32(APPROACH), timer=jnp.int32(0),
+        offset=jax.random.uniform(offset_key, (ARM_DOF,), minval=-c.approach_noise, maxval=c.approach_noise),
+        retry_at=jnp.where(retry, jax.random.randint(when_key, (), 2, 8), -1))
+
+  def _kinematics(self, qpos: jax.Array) -> mjx.Data:
+    return mjx.kinematics(self._model, mjx.make_data(self._model).replace(qpos=qpos))
+
+  def _hand(self, qpos: jax.Array):
+    """End-effector pose, its Jacobian over the arm joints ([6, 7]: linear; angular) and the arm
+    torque that holds the robot against gravity (gradient of its potential energy)."""
+    def forward(q_arm):
+      d = self._kinematics(qpos.at[:ARM_DOF].set(q_arm))
+      potential = jnp.sum(self._weight * d.xipos)
+      return d.site_xpos[self._ee], d.site_xmat[self._ee], potential
+
+    (pos, mat, _), linear = jax.linearize(forward, qpos[:ARM_DOF])
+    d_pos, d_mat, d_potential = jax.vmap(linear)(jnp.eye(ARM_DOF, dtype=qpos.dtype))
+    angular = jax.vmap(lambda dm: _vee(dm @ mat.T))(d_mat)
+    return pos, mat, jnp.concatenate([d_pos.T, angular.T]), d_potential
+
+  def _desired(self, element: jax.Array, qpos: jax.Array, speed: jax.Array) -> jax.Array:
+    """The element's coordinates one manipulation step from the current ones toward the goal."""
+    mask = self._masks[element]
+    hinged = jnp.where(mask, qpos + jnp.clip(self._goal - qpos, -speed, speed), qpos)
+    # The kettle: lift, carry at the lifted height, set down; its orientation eases to the goal's.
+    pos, goal = qpos[self._kettle_idx[:3]], self._goal[self._kettle_idx[:3]]
+    lifted_z = goal[2] + _KETTLE_LIFT
+    across = jnp.linalg.norm(goal[:2] - pos[:2])
+    far = across > 0.02
+    dz = jnp.clip(jnp.where(far, lifted_z, goal[2]) - pos[2], -speed, speed)
+    step_xy = (goal[:2] - pos[:2]) * jnp.minimum(1.0, speed / jnp.maximum(across, 1e-6))
+    dxy = jnp.where(far & (pos[2] > goal[2] + 0.5 * _KETTLE_LIFT), step_xy, 0.0)
+    quat = qpos[self._kettle_idx[3:]]
+    quat = quat + jnp.clip(self._goal[self._kettle_idx[3:]] - quat, -0.05, 0.05)
+    kettle = qpos.at[self._kettle_idx].set(
+        jnp.concatenate([pos + jnp.concatenate([dxy, dz[None]]), quat / jnp.linalg.norm(quat)]))
+    return jnp.where(element == self._kettle, kettle, hinged)
+
+  def act(self, state: ExpertState, qpos: jax.Array) -> tuple[jax.Array, ExpertState]:
+    c = self.config
+    qpos = jnp.asarray(qpos, jnp.float32)
+    key, pause_key, element_key = jax.random.split(state.key, 3)
+    element = state.plan[jnp.minimum(state.index, state.plan.shape[0] - 1)]
+    site = self._sites[element]
+    ee_pos, ee_mat, jacobian, gravity = self._hand(qpos)
+    now = self._kinematics(qpos)
+    site_pos, site_mat = now.site_xpos[site], now.site_xmat[site]
+    grasp_mat = self._orientation[element]
+    axis = grasp_mat[:, 2]
+    grasp_point = site_pos + self._grasp_offset[element]
+    retreat = site_pos + state.grasp - self._approach[element] * axis
+    desired = self._kinematics(self._desired(element, qpos, self._speed[element] * state.speed))
+    turned = desired.site_xmat[site] @ state.grasp_rot.T @ grasp_mat
+    manipulate_mat = jnp.where(self._turn[element], turned, grasp_mat)
+    manipulate_pos = desired.site_xpos[site] + state.grasp
+
+    phase = state.phase
+    target_pos = jnp.select(
+        [phase == REACH, phase == MANIPULATE, phase == RETREAT], [grasp_point, manipulate_pos, retreat], ee_pos)
+    target_mat = jnp.where(phase == MANIPULATE, manipulate_mat, grasp_mat)
+    holding = (phase == CLOSE) | (phase == MANIPULATE)
+    position_error = jnp.linalg.norm(target_pos - ee_pos)
+    orientation_error = _orientation_error(ee_mat, target_mat)
+
+    # Phase transitions.
+    distance = tasks.element_distances(qpos)[element]
+    lost = jnp.linalg.norm(ee_pos - (site_pos + state.grasp)) > 0.05
+    reached = (position_error < c.position_tolerance) & (jnp.linalg.norm(orientation_error) < 0.1)
+    posture = jnp.clip(self._pre_grasp[element] + state.offset, self._low, self._high)
+    at_posture = jnp.abs(posture - qpos[:ARM_DOF]).max() < 0.05
+    timed_out = state.timer >= c.phase_timeout
+    next_phase = jnp.select(
+        [phase == APPROACH, phase == REACH, phase == CLOSE, phase == MANIPULATE, phase == RELEASE, phase == RETREAT],
+        [jnp.where(at_posture | timed_out, REACH, APPROACH),
+         jnp.where(reached, CLOSE, jnp.where(timed_out, RETREAT, REACH)),
+         jnp.where(state.timer >= c.close_steps, MANIPULATE, CLOSE),
+         jnp.where((distance < 0.1) | lost | timed_out | (state.timer == state.retry_at), RELEASE, MANIPULATE),
+         jnp.where(state.timer >= c.release_steps, RETREAT, RELEASE),
+         jnp.where(reached | timed_out, APPROACH, RETREAT)], phase).astype(jnp.int32)
+    paused = state.pause > 0
+    next_phase = jnp.where(paused | state.done, phase, next_phase)
+    changed = next_phase != phase
+    finished = changed & (phase == RETREAT) & (distance < tasks.THRESHOLD)
+    grasped = changed & (phase == REACH)
+    new = state.replace(
+        phase=next_phase,
+        timer=jnp.where(changed, 0, state.timer + jnp.where(paused, 0, 1)),
+        pause=jnp.where(changed, jax.random.randint(pause_key, (), 0, c.max_pause + 1), jnp.maximum(state.pause - 1, 0)),
+        retry_at=jnp.where(changed & (phase == MANIPULATE), -1, state.retry_at),
+        grasp=jnp.where(grasped, ee_pos - site_pos, state.grasp),
+        grasp_rot=jnp.where(grasped, site_mat, state.grasp_rot),
+        key=key)
+    advanced = new.replace(index=state.index + 1)
+    advanced = self._new_element(advanced, element_key).replace(pause=new.pause)
+    new = jax.tree.map(lambda a, b: jnp.where(finished, a, b), advanced, new)
+
+    # Errors are capped to what one linearized step can take.
+    error = jnp.concatenate([_cap(target_pos - ee_pos, c.max_hand_step), _cap(orientation_error, c.max_turn_step)])
+    error = c.gain * error * jnp.where(paused | state.done, 0.0, 1.0)
+    # A grasped vertical handle turns freely in the hand: drop the yaw row of the task.
+    rows = jnp.ones(6).at[5].set(jnp.where((phase == MANIPULATE) & self._free_yaw[element], 0.0, 1.0))
+    dq = self._ik(rows[:, None] * jacobian, rows * error, qpos[:ARM_DOF])
+    # The approach is a joint-space move to a pre-grasp posture solved once for each element.
+    to_posture = (posture - qpos[:ARM_DOF]) * jnp.where(paused | state.done, 0.0, 1.0)
+    to_posture = _cap_abs(to_posture, c.max_joint_step * jnp.minimum(state.speed, 1.0))
+    dq = jnp.where(phase == APPROACH, to_posture, dq)
+    arm = (dq + gravity / self._kp) / _STEP
+    finger_target = jnp.where(holding, _CLOSED, _OPEN)
+    fingers = (finger_target - qpos[ARM_DOF:tasks.ROBOT_DOF]) / _STEP
+    return jnp.clip(jnp.concatenate([arm, fingers]), -1.0, 1.0), new
