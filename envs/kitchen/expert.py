@@ -3,8 +3,8 @@
 Each element is manipulated the same way. The expert grasps the element's handle (its site), then
 drives a *desired element state* from the current one toward the goal a little every step and moves
 the hand to where the grasped point would be at that desired state, found by forward kinematics of
-the model itself; the element follows the hand. Phases per element: approach a pre-grasp point,
-reach, close the gripper, manipulate, open, retreat. Hand motion is damped-least-squares IK on the
+the model itself; the element follows the hand. Phases per element: approach a pre-grasp posture
+(joint space), align the hand with the handle, reach, close the gripper, manipulate, open, retreat. Hand motion is damped-least-squares IK on the
 end-effector site's Jacobian (forward-mode derivatives of MJX kinematics), with gravity compensation
 from the gradient of the arm's potential energy; the result is expressed in the env's own action
 space (velocity actions, [-1, 1]^9), so demos replay as actions.
@@ -31,8 +31,8 @@ _OPEN, _CLOSED = 0.04, 0.0
 _LIMIT_MARGIN = 0.05  # rad kept from the arm's joint limits
 
 # Phases of one element.
-APPROACH, REACH, CLOSE, MANIPULATE, RELEASE, RETREAT = range(6)
-PHASE_NAMES = ('approach', 'reach', 'close', 'manipulate', 'release', 'retreat')
+APPROACH, ALIGN, REACH, CLOSE, MANIPULATE, RELEASE, RETREAT = range(7)
+PHASE_NAMES = ('approach', 'align', 'reach', 'close', 'manipulate', 'release', 'retreat')
 
 
 # Gripper orientations (columns: site x, y, z axes in world; the fingers open along y, the gripper
@@ -61,9 +61,9 @@ class ElementMotion:
 # Grasp offsets keep the finger tips (5-6 cm past the end-effector site) off the panel behind a handle:
 # a knob's grip bar is 2.5 cm in front of its plate.
 MOTIONS = {
-    'bottom burner': ElementMotion('knob2_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.045, 0.0),
+    'bottom burner': ElementMotion('knob2_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.05, 0.0),
                                    turn_with_site=True),
-    'top burner': ElementMotion('knob4_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.045, 0.0),
+    'top burner': ElementMotion('knob4_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.05, 0.0),
                                 turn_with_site=True),
     'light switch': ElementMotion('light_site', FORWARD, speed=0.06, grasp_offset=(0.0, -0.02, 0.0)),
     'slide cabinet': ElementMotion('slide_site', FORWARD, speed=0.03, free_yaw=True),
@@ -83,7 +83,7 @@ class ExpertConfig:
   max_hand_step: float = 0.08  # m of position error taken per step
   max_turn_step: float = 0.4  # rad of orientation error taken per step
   position_tolerance: float = 0.015  # m: reach/approach waypoint reached
-  approach_noise: float = 0.03  # rad: uniform per-joint offset of the pre-grasp posture
+  approach_noise: float = 0.02  # rad: uniform per-joint offset of the pre-grasp posture
   speed_range: tuple[float, float] = (0.7, 1.3)  # per-demo factor on manipulation speed
   max_pause: int = 3  # steps of a random pause between phases
   retry_probability: float = 0.1  # per element: release and retreat once midway, then start again
@@ -269,6 +269,7 @@ class Expert:
     grasp_mat = self._orientation[element]
     axis = grasp_mat[:, 2]
     grasp_point = site_pos + self._grasp_offset[element]
+    pre_grasp = grasp_point - self._approach[element] * axis
     retreat = site_pos + state.grasp - self._approach[element] * axis
     desired = self._kinematics(self._desired(element, qpos, self._speed[element] * state.speed))
     turned = desired.site_xmat[site] @ state.grasp_rot.T @ grasp_mat
@@ -277,7 +278,8 @@ class Expert:
 
     phase = state.phase
     target_pos = jnp.select(
-        [phase == REACH, phase == MANIPULATE, phase == RETREAT], [grasp_point, manipulate_pos, retreat], ee_pos)
+        [phase == ALIGN, phase == REACH, phase == MANIPULATE, phase == RETREAT],
+        [pre_grasp, grasp_point, manipulate_pos, retreat], ee_pos)
     target_mat = jnp.where(phase == MANIPULATE, manipulate_mat, grasp_mat)
     holding = (phase == CLOSE) | (phase == MANIPULATE)
     position_error = jnp.linalg.norm(target_pos - ee_pos)
@@ -291,8 +293,10 @@ class Expert:
     at_posture = jnp.abs(posture - qpos[:ARM_DOF]).max() < 0.05
     timed_out = state.timer >= c.phase_timeout
     next_phase = jnp.select(
-        [phase == APPROACH, phase == REACH, phase == CLOSE, phase == MANIPULATE, phase == RELEASE, phase == RETREAT],
-        [jnp.where(at_posture | timed_out, REACH, APPROACH),
+        [phase == APPROACH, phase == ALIGN, phase == REACH, phase == CLOSE, phase == MANIPULATE, phase == RELEASE,
+         phase == RETREAT],
+        [jnp.where(at_posture | timed_out, ALIGN, APPROACH),
+         jnp.where(reached | timed_out, REACH, ALIGN),
          jnp.where(reached, CLOSE, jnp.where(timed_out, RETREAT, REACH)),
          jnp.where(state.timer >= c.close_steps, MANIPULATE, CLOSE),
          jnp.where((distance < 0.1) | lost | timed_out | (state.timer == state.retry_at), RELEASE, MANIPULATE),
