@@ -2,9 +2,9 @@
 
 All rows are measured in one run, so their ratios are comparable. Each env row times one jitted
 `lax.scan` over `--steps` control steps of `vmap(env.step)` with random actions; compile time (first
-call) is reported apart. The `rollout` rows run C MuJoCo's batched `mujoco.rollout` on the same model
-and threads for the same number of physics steps: the bound for the `cpu` backend. Prints a table
-and writes JSON.
+call) is reported apart. Each `rollout` row replays, with C MuJoCo's batched `mujoco.rollout` on the
+same model and threads, the very position targets the `cpu` row's env computed: the same physics
+without the JAX integration, which bounds the `cpu` backend. Prints a table and writes JSON.
 """
 
 import json
@@ -21,7 +21,8 @@ import numpy as np
 
 from envs.kitchen import ACTION_DIM, KitchenConfig, KitchenEnv, tasks
 
-_BACKENDS = flags.DEFINE_list('backends', ['rollout', 'cpu', 'mjx'], 'Rows: rollout (raw C baseline), cpu, mjx.')
+_BACKENDS = flags.DEFINE_list('backends', ['cpu', 'mjx'], 'Env backends; each cpu row is followed by its raw '
+                              'mujoco.rollout replay.')
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['16', '64', '256'], 'Batch sizes for rollout and cpu.')
 _MJX_BATCH_SIZES = flags.DEFINE_list(
     'mjx_batch_sizes', None, 'Batch sizes for mjx (default: 1,16 on a CPU host; 1024,4096,16384 on an accelerator).')
@@ -40,33 +41,36 @@ def _best_time(fn, repeats):
   return best
 
 
-def bench_rollout(env: KitchenEnv, batch: int, steps: int, nthread: int, repeats: int) -> dict:
+def bench_rollout(env: KitchenEnv, qpos: np.ndarray, ctrl: np.ndarray, nthread: int, repeats: int) -> dict:
+  """Raw C rollouts from `qpos` ([B, nq]) under per-control-step targets `ctrl` ([T, B, nu])."""
   model, substeps = env.model, env.config.physics.substeps
   data = [mujoco.MjData(model) for _ in range(nthread)]
-  state = np.zeros((batch, mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_FULLPHYSICS)))
-  state[:, 1:1 + model.nq] = tasks.INIT_QPOS
-  ctrl = np.repeat(np.tile(tasks.INIT_QPOS[:model.nu], (batch, steps, 1)), substeps, axis=1)
+  state = np.zeros((qpos.shape[0], mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_FULLPHYSICS)))
+  state[:, 1:1 + model.nq] = qpos
+  control = np.repeat(np.asarray(ctrl, np.float64).transpose(1, 0, 2), substeps, axis=1)
   with mujoco.rollout.Rollout(nthread=nthread) as runner:
-    seconds = _best_time(lambda: runner.rollout(model, data, state, ctrl), repeats)
+    seconds = _best_time(lambda: runner.rollout(model, data, state, control), repeats)
   return {'seconds': seconds, 'compile_s': 0.0}
 
 
-def bench_env(env: KitchenEnv, batch: int, steps: int, repeats: int) -> dict:
+def bench_env(env: KitchenEnv, batch: int, steps: int, repeats: int) -> tuple[dict, np.ndarray, np.ndarray]:
+  """Times the env; also returns its reset qpos [B, nq] and the targets it commanded [T, B, nu]."""
   goal = jnp.asarray(tasks.goal_state('microwave-kettle-topknob-hinge'), jnp.float32)
   actions = jax.random.uniform(jax.random.key(1), (steps, batch, ACTION_DIM), minval=-1.0, maxval=1.0)
   reset = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))
   step = jax.vmap(env.step)
+  ctrl = jax.vmap(env.ctrl)
 
   @jax.jit
   def run(state, actions):
-    return jax.lax.scan(lambda s, a: (step(s, a), None), state, actions)[0]
+    return jax.lax.scan(lambda s, a: (step(s, a), ctrl(s.obs[:, :ACTION_DIM], a)), state, actions)
 
   state = reset(jax.random.split(jax.random.key(0), batch), goal)
   start = time.perf_counter()
-  jax.block_until_ready(run(state, actions))
+  _, targets = jax.block_until_ready(run(state, actions))
   compile_s = time.perf_counter() - start
   seconds = _best_time(lambda: jax.block_until_ready(run(state, actions)), repeats)
-  return {'seconds': seconds, 'compile_s': compile_s}
+  return {'seconds': seconds, 'compile_s': compile_s}, np.asarray(state.data.qpos), np.asarray(targets)
 
 
 def main(argv):
@@ -75,26 +79,23 @@ def main(argv):
   on_accelerator = jax.default_backend() != 'cpu'
   mjx_batches = _MJX_BATCH_SIZES.value or (['1024', '4096', '16384'] if on_accelerator else ['1', '16'])
   rows = []
+
+  def record(backend, batch, result, env):
+    env_steps = batch * _STEPS.value / result['seconds']
+    rows.append({'backend': backend, 'batch': batch, 'env_steps_per_s': env_steps,
+                 'physics_steps_per_s': env_steps * env.config.physics.substeps, **result})
+    print(f"{backend:>8} {batch:>6} {env_steps:>12.0f} env-steps/s {rows[-1]['physics_steps_per_s']:>12.0f} "
+          f"physics-steps/s  compile {result['compile_s']:.1f}s", flush=True)
+
   envs = {}
   for backend in _BACKENDS.value:
-    env_backend = 'cpu' if backend == 'rollout' else backend
-    if env_backend not in envs:
-      envs[env_backend] = KitchenEnv(KitchenConfig(backend=env_backend, nthread=nthread))
-    env = envs[env_backend]
+    env = envs[backend] = KitchenEnv(KitchenConfig(backend=backend, nthread=nthread))
     for batch in map(int, mjx_batches if backend == 'mjx' else _BATCH_SIZES.value):
-      if backend == 'rollout':
-        result = bench_rollout(env, batch, _STEPS.value, nthread, _REPEATS.value)
-      else:
-        result = bench_env(env, batch, _STEPS.value, _REPEATS.value)
-      env_steps = batch * _STEPS.value / result['seconds']
-      rows.append({'backend': backend, 'batch': batch, 'env_steps_per_s': env_steps,
-                   'physics_steps_per_s': env_steps * env.config.physics.substeps, **result})
-      print(f"{backend:>8} {batch:>6} {env_steps:>12.0f} env-steps/s {rows[-1]['physics_steps_per_s']:>12.0f} "
-            f"physics-steps/s  compile {result['compile_s']:.1f}s", flush=True)
-  rollout = {r['batch']: r['env_steps_per_s'] for r in rows if r['backend'] == 'rollout'}
-  for r in rows:
-    if r['backend'] == 'cpu' and r['batch'] in rollout:
-      r['vs_rollout'] = r['env_steps_per_s'] / rollout[r['batch']]
+      result, qpos, targets = bench_env(env, batch, _STEPS.value, _REPEATS.value)
+      record(backend, batch, result, env)
+      if backend == 'cpu':
+        record('rollout', batch, bench_rollout(env, qpos, targets, nthread, _REPEATS.value), env)
+        rows[-2]['vs_rollout'] = rows[-2]['env_steps_per_s'] / rows[-1]['env_steps_per_s']
   result = {'jax': jax.__version__, 'mujoco': mujoco.__version__, 'device': str(jax.devices()[0]),
             'nthread': nthread, 'steps': _STEPS.value, 'physics': str(next(iter(envs.values())).config.physics),
             'rows': rows}
