@@ -3,7 +3,7 @@
 Importing this package sets `--xla_cpu_use_fusion_emitters=false` in XLA_FLAGS (unless XLA_FLAGS
 already sets that flag). Since jax 0.7.1, XLA:CPU's fusion emitters make batched MJX-JAX on the CPU
 50-100x slower than unbatched (bisection in BUILD_NOTES.md); the flag restores jax 0.7.0's speed on
-every release measured. XLA reads the variable when JAX creates its first backend, so this import must
+every release measured (0.6.2 to 0.10.2). XLA reads the variable when JAX creates its first backend, so this import must
 come before the first JAX computation; if it comes later, a warning says so.
 """
 
