@@ -11,6 +11,9 @@ space (velocity actions, [-1, 1]^9), so demos replay as actions.
 
 The randomness that makes the play varied is drawn per demo from the expert's key: approach offsets,
 manipulation speed, short pauses between phases and an occasional retreat-and-retry.
+
+Status (issue #3, in progress): the slide cabinet completes from reset; the other six elements
+still stall in the align/reach or manipulate phases and need tuning; nothing uses this module yet.
 """
 
 import dataclasses
@@ -61,13 +64,13 @@ class ElementMotion:
 # Grasp offsets keep the finger tips (5-6 cm past the end-effector site) off the panel behind a handle:
 # a knob's grip bar is 2.5 cm in front of its plate.
 MOTIONS = {
-    'bottom burner': ElementMotion('knob2_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.05, 0.0),
+    'bottom burner': ElementMotion('knob2_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.06, 0.0),
                                    turn_with_site=True),
-    'top burner': ElementMotion('knob4_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.05, 0.0),
+    'top burner': ElementMotion('knob4_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.06, 0.0),
                                 turn_with_site=True),
     'light switch': ElementMotion('light_site', FORWARD, speed=0.06, grasp_offset=(0.0, -0.02, 0.0)),
     'slide cabinet': ElementMotion('slide_site', FORWARD, speed=0.03, free_yaw=True),
-    'hinge cabinet': ElementMotion('hinge_site2', RIGHT, speed=0.08, free_yaw=True),
+    'hinge cabinet': ElementMotion('hinge_site2', LEFT, speed=0.08, grasp_offset=(0.0, -0.01, 0.0), free_yaw=True),
     'microwave': ElementMotion('microhandle_site', LEFT, speed=0.06, free_yaw=True),
     'kettle': ElementMotion('kettle_site', DOWN, speed=0.02),
 }
