@@ -93,14 +93,11 @@ class KitchenEnv:
     data = self.physics.init(qpos, jnp.zeros(self.model.nv, jnp.float32))
     mask = tasks.goal_mask(goal)
     completed = tasks.element_completion(data.qpos) & mask
-    zero = jnp.zeros((), jnp.float32)
     info = {'goal': goal.astype(jnp.float32), 'goal_mask': mask, 'completed': completed,
             'step': jnp.zeros((), jnp.int32), 'truncated': jnp.zeros((), bool), 'key': key}
-    metrics = {'step_completion': tasks.step_completion(completed, mask).astype(jnp.float32),
-               'success': tasks.all_complete(completed, mask).astype(jnp.float32),
-               'nan_physics': zero, 'nonfinite_actions': zero}
-    return State(data=data, obs=self._observe(data, obs_key), reward=zero, done=jnp.zeros((), bool),
-                 metrics=metrics, info=info)
+    metrics = _metrics(completed, mask, diverged=jnp.zeros((), bool), nonfinite_actions=jnp.zeros((), jnp.int32))
+    return State(data=data, obs=self._observe(data, obs_key), reward=jnp.zeros((), jnp.float32),
+                 done=jnp.zeros((), bool), metrics=metrics, info=info)
 
   def step(self, state: State, action: jax.Array) -> State:
     action = _check_action(action)
@@ -119,12 +116,9 @@ class KitchenEnv:
     t = state.info['step'] + 1
     truncated = (t >= self.config.horizon) & ~success & ~diverged
     info = dict(state.info, completed=completed, step=t, truncated=truncated, key=key)
-    metrics = {'step_completion': tasks.step_completion(completed, mask).astype(jnp.float32),
-               'success': success.astype(jnp.float32),
-               'nan_physics': diverged.astype(jnp.float32),
-               'nonfinite_actions': jnp.sum(~finite).astype(jnp.float32)}
     return State(data=data, obs=self._observe(data, obs_key), reward=jnp.where(diverged, 0.0, newly),
-                 done=success | diverged | (t >= self.config.horizon), metrics=metrics, info=info)
+                 done=success | diverged | (t >= self.config.horizon),
+                 metrics=_metrics(completed, mask, diverged, jnp.sum(~finite)), info=info)
 
   def ctrl(self, robot_qpos: jax.Array, action: jax.Array) -> jax.Array:
     """Position targets of the 9 actuators for a (finite) action from the observed robot qpos."""
@@ -137,6 +131,13 @@ class KitchenEnv:
       return qpos
     qvel = data.qvel + self._qvel_noise * jax.random.uniform(qvel_key, data.qvel.shape, minval=-1.0, maxval=1.0)
     return jnp.concatenate([qpos, qvel])
+
+
+def _metrics(completed: jax.Array, mask: jax.Array, diverged: jax.Array, nonfinite_actions: jax.Array) -> dict:
+  return {'step_completion': tasks.step_completion(completed, mask).astype(jnp.float32),
+          'success': tasks.all_complete(completed, mask).astype(jnp.float32),
+          'nan_physics': diverged.astype(jnp.float32),
+          'nonfinite_actions': nonfinite_actions.astype(jnp.float32)}
 
 
 def position_target(robot_qpos, action, pos_bounds, vel_bounds) -> jax.Array:

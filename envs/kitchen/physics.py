@@ -11,6 +11,7 @@ Both are pure JAX-traceable functions of pytrees, so they run under `jit` and `v
 """
 
 import atexit
+import os
 import threading
 from typing import Any, Protocol
 
@@ -67,15 +68,13 @@ class CpuPhysics:
       raise ValueError('the C backend state carries time, qpos and qvel only; the model has more state.')
     self.substeps = substeps
     self._model = model
-    self._nthread = nthread
     self._rollout = mujoco.rollout.Rollout(nthread=nthread)
     # At interpreter exit, steps JAX has dispatched but not finished would call back into a finalizing
     # interpreter and abort it ("PyGILState_Release: thread state must be current"): finish them, then
     # stop the native thread pool. A step dispatched later still runs, on the calling thread.
     atexit.register(self._shutdown)
     self._data = [mujoco.MjData(model) for _ in range(nthread)]
-    self._state_spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
-    if mujoco.mj_stateSize(model, self._state_spec) != 1 + model.nq + model.nv:
+    if mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_FULLPHYSICS) != 1 + model.nq + model.nv:
       raise ValueError('unexpected full-physics state layout.')
     self._lock = threading.Lock()
 
@@ -125,6 +124,5 @@ def make_physics(model: mujoco.MjModel, backend: str, substeps: int, nthread: in
   if backend == 'mjx':
     return MjxPhysics(model, substeps)
   if backend == 'cpu':
-    import os
     return CpuPhysics(model, substeps, nthread or os.cpu_count() or 1)
   raise ValueError(f'unknown physics backend {backend!r}; choose from {BACKENDS}.')
