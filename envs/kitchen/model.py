@@ -5,7 +5,8 @@ cylinder-mesh and cylinder-box, which MJX-JAX cannot collide). We load the insta
 `mujoco.MjSpec`, switch every implicit collision off and add explicit `<pair>`s for what manipulation
 needs: two finger-pad capsules and a hand capsule against the collision geoms of every movable part
 (knobs, light switch, slide cabinet, hinge doors, microwave door, kettle), and four feet at the
-corners of the kettle's base against the stove top and the floor. Nothing is copied from the package: the XML and meshes are read in place.
+corners of the kettle's base against the stove top and the floor. Nothing is copied from the
+package: the XML and meshes are read in place.
 """
 
 import dataclasses
@@ -39,6 +40,7 @@ MOVABLE_BODIES = (
 _KETTLE_BASE = ('kettleroot', mujoco.mjtGeom.mjGEOM_BOX)
 _KETTLE_SUPPORTS = (('ovenroot', mujoco.mjtGeom.mjGEOM_BOX, (0.5, 0.625, 0.81)),)
 _FOOT_RADIUS = 0.01
+_FRICTION = [1.0, 1.0, 0.005, 0.0001, 0.0001]  # sliding, torsional, rolling (MuJoCo's defaults)
 
 _INTEGRATORS = {
     'euler': mujoco.mjtIntegrator.mjINT_EULER,
@@ -154,8 +156,8 @@ def _find_geom(spec, body_name, geom_type, size=None) -> mujoco.MjsGeom:
   return matches[0]
 
 
-def build_spec(physics: PhysicsConfig = PhysicsConfig(), extra_pairs: tuple[tuple[str, str], ...] = ()) -> mujoco.MjSpec:
-  """The edited kitchen spec. `extra_pairs` adds (geom1, geom2) pairs by name (for experiments and tests)."""
+def build_spec(physics: PhysicsConfig = PhysicsConfig()) -> mujoco.MjSpec:
+  """The edited kitchen spec, before compilation."""
   spec = mujoco.MjSpec.from_file(asset_path())
   base = _find_geom(spec, *_KETTLE_BASE)
   supports = [_find_geom(spec, *s) for s in _KETTLE_SUPPORTS]
@@ -182,15 +184,12 @@ def build_spec(physics: PhysicsConfig = PhysicsConfig(), extra_pairs: tuple[tupl
   for robot_geom in ROBOT_COLLIDER_NAMES:
     for body_name in MOVABLE_BODIES:
       for target in targets[body_name]:
-        spec.add_pair(geomname1=robot_geom, geomname2=target, condim=4,
-                      friction=[1.0, 1.0, 0.005, 0.0001, 0.0001])
+        spec.add_pair(geomname1=robot_geom, geomname2=target, condim=4, friction=_FRICTION)
   # The stock kettle_collision class's contact parameters.
   for foot in feet:
     for support in [g.name for g in supports] + ['floor']:
-      spec.add_pair(geomname1=foot, geomname2=support, condim=4,
-                    friction=[1.0, 1.0, 0.005, 0.0001, 0.0001], solimp=[0.8, 0.9, 0.01, 0.5, 2], margin=0.001)
-  for geom1, geom2 in extra_pairs:
-    spec.add_pair(geomname1=geom1, geomname2=geom2)
+      spec.add_pair(geomname1=foot, geomname2=support, condim=4, friction=_FRICTION,
+                    solimp=[0.8, 0.9, 0.01, 0.5, 2], margin=0.001)
 
   spec.option.timestep = physics.timestep
   spec.option.integrator = _INTEGRATORS[physics.integrator]
@@ -216,9 +215,9 @@ def check_pairs_supported(model: mujoco.MjModel) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def build_model(physics: PhysicsConfig = PhysicsConfig(), extra_pairs: tuple[tuple[str, str], ...] = ()) -> mujoco.MjModel:
+def build_model(physics: PhysicsConfig = PhysicsConfig()) -> mujoco.MjModel:
   """The compiled kitchen model, checked for MJX-JAX support. Cached: treat it as read-only."""
-  model = build_spec(physics, extra_pairs).compile()
+  model = build_spec(physics).compile()
   if model.ngeom and (model.geom_contype.any() or model.geom_conaffinity.any()):
     raise AssertionError('implicit collisions left on')
   check_pairs_supported(model)
