@@ -3,8 +3,9 @@
 Each element is manipulated the same way. The expert grasps the element's handle (its site), then
 drives a *desired element state* from the current one toward the goal a little every step and moves
 the hand to where the grasped point would be at that desired state, found by forward kinematics of
-the model itself; the element follows the hand. Phases per element: approach a pre-grasp posture
-(joint space), align the hand with the handle, reach, close the gripper, manipulate, open, retreat. Hand motion is damped-least-squares IK on the
+the model itself; the element follows the hand. Phases per element: approach a pre-grasp posture and
+reach the grasp posture (joint-space moves to postures solved once by IK), close the gripper,
+manipulate, open, retreat. Hand motion is damped-least-squares IK on the
 end-effector site's Jacobian (forward-mode derivatives of MJX kinematics), with gravity compensation
 from the gradient of the arm's potential energy; the result is expressed in the env's own action
 space (velocity actions, [-1, 1]^9), so demos replay as actions.
@@ -12,8 +13,10 @@ space (velocity actions, [-1, 1]^9), so demos replay as actions.
 The randomness that makes the play varied is drawn per demo from the expert's key: approach offsets,
 manipulation speed, short pauses between phases and an occasional retreat-and-retry.
 
-Status (issue #3, in progress): the slide cabinet completes from reset; the other six elements
-still stall in the align/reach or manipulate phases and need tuning; nothing uses this module yet.
+Status (issue #3, in progress; nothing uses this module yet). From reset, in a 160-step probe: the
+slide cabinet completes; the knobs and the light switch are grasped but do not turn; the microwave
+opens to 0.31 of its goal distance and stalls (the handle slides in the fingers); the kettle is
+grasped but not lifted; the hinge door's grasp posture puts the hand against the door panel.
 """
 
 import dataclasses
@@ -34,8 +37,8 @@ _OPEN, _CLOSED = 0.04, 0.0
 _LIMIT_MARGIN = 0.05  # rad kept from the arm's joint limits
 
 # Phases of one element.
-APPROACH, ALIGN, REACH, CLOSE, MANIPULATE, RELEASE, RETREAT = range(7)
-PHASE_NAMES = ('approach', 'align', 'reach', 'close', 'manipulate', 'release', 'retreat')
+APPROACH, REACH, CLOSE, MANIPULATE, RELEASE, RETREAT = range(6)
+PHASE_NAMES = ('approach', 'reach', 'close', 'manipulate', 'release', 'retreat')
 
 
 # Gripper orientations (columns: site x, y, z axes in world; the fingers open along y, the gripper
@@ -85,7 +88,7 @@ class ExpertConfig:
   max_joint_step: float = 0.16  # rad per control step (action 1)
   max_hand_step: float = 0.08  # m of position error taken per step
   max_turn_step: float = 0.4  # rad of orientation error taken per step
-  position_tolerance: float = 0.015  # m: reach/approach waypoint reached
+  position_tolerance: float = 0.015  # m: retreat point reached
   approach_noise: float = 0.02  # rad: uniform per-joint offset of the pre-grasp posture
   speed_range: tuple[float, float] = (0.7, 1.3)  # per-demo factor on manipulation speed
   max_pause: int = 3  # steps of a random pause between phases
@@ -161,7 +164,15 @@ class Expert:
     limits = model.jnt_range[:ARM_DOF]
     self._low = jnp.asarray(limits[:, 0] + _LIMIT_MARGIN, jnp.float32)
     self._high = jnp.asarray(limits[:, 1] - _LIMIT_MARGIN, jnp.float32)
-    self._pre_grasp = self._solve_pre_grasps()
+    # Pre-grasp postures from random starts around the reset posture; grasp postures from those, so
+    # that reaching in is a short joint-space move within one IK branch.
+    n, seeds = len(tasks.ELEMENTS), 16
+    noise = jax.random.uniform(jax.random.key(0), (n, seeds, ARM_DOF), minval=-0.5, maxval=0.5)
+    starts = jnp.clip(self._nominal + noise, self._low, self._high)
+    self._pre_grasp, pre_error = self._solve_postures(self._approach, starts)
+    starts = jnp.clip(self._pre_grasp[:, None] + 0.1 * noise, self._low, self._high)
+    self._grasp_posture, grasp_error = self._solve_postures(jnp.zeros(n), starts)
+    self.posture_error = {'pre_grasp': pre_error, 'grasp': grasp_error}
 
   def _ik(self, jacobian: jax.Array, error: jax.Array, q: jax.Array) -> jax.Array:
     """Damped-least-squares joint step toward a task-space error, with a null-space pull toward the
@@ -179,13 +190,13 @@ class Expert:
     dq = jnp.clip(solve(jnp.where(blocked[None], 0.0, jacobian)), self._low - q, self._high - q)
     return _cap_abs(dq, c.max_joint_step)
 
-  def _solve_pre_grasps(self, seeds: int = 16, iterations: int = 200) -> jax.Array:
-    """[7 elements, 7]: arm postures that put the hand at each element's pre-grasp pose (the handle
-    at reset, backed off along the gripper axis), by kinematic DLS iterations from random seeds
-    around the reset posture; the seed that ends closest wins."""
+  def _solve_postures(self, backoff: jax.Array, starts: jax.Array, iterations: int = 200):
+    """Arm postures ([7 elements, 7]) that put the hand at each element's grasp pose at reset, backed
+    off by `backoff` ([7], m) along the gripper axis: kinematic DLS iterations from each of `starts`
+    ([7, seeds, 7]); the start that ends closest wins. Also returns the remaining pose errors."""
     qpos = jnp.asarray(tasks.INIT_QPOS, jnp.float32)
     sites = self._kinematics(qpos).site_xpos[self._sites]
-    targets = sites + self._grasp_offset - self._approach[:, None] * self._orientation[:, :, 2]
+    targets = sites + self._grasp_offset - backoff[:, None] * self._orientation[:, :, 2]
 
     def solve(target_pos, target_mat, q):
       def iterate(q, _):
@@ -197,12 +208,10 @@ class Expert:
       pos, mat, _, _ = self._hand(qpos.at[:ARM_DOF].set(q))
       return q, jnp.linalg.norm(target_pos - pos) + 0.1 * jnp.linalg.norm(_orientation_error(mat, target_mat))
 
-    starts = qpos[:ARM_DOF] + jax.random.uniform(jax.random.key(0), (seeds, ARM_DOF), minval=-0.5, maxval=0.5)
-    starts = jnp.clip(starts, self._low, self._high)
-    q, error = jax.jit(jax.vmap(jax.vmap(solve, (None, None, 0)), (0, 0, None)))(targets, self._orientation, starts)
+    q, error = jax.jit(jax.vmap(jax.vmap(solve, (None, None, 0))))(targets, self._orientation, starts)
     best = jnp.argmin(error, axis=1)
-    self.pre_grasp_error = np.asarray(error[jnp.arange(len(tasks.ELEMENTS)), best])
-    return q[jnp.arange(len(tasks.ELEMENTS)), best]
+    rows = jnp.arange(len(tasks.ELEMENTS))
+    return q[rows, best], np.asarray(error[rows, best])
 
   def init(self, key: jax.Array, plan: jax.Array) -> ExpertState:
     plan = jnp.asarray(plan, jnp.int32)
@@ -272,7 +281,6 @@ class Expert:
     grasp_mat = self._orientation[element]
     axis = grasp_mat[:, 2]
     grasp_point = site_pos + self._grasp_offset[element]
-    pre_grasp = grasp_point - self._approach[element] * axis
     retreat = site_pos + state.grasp - self._approach[element] * axis
     desired = self._kinematics(self._desired(element, qpos, self._speed[element] * state.speed))
     turned = desired.site_xmat[site] @ state.grasp_rot.T @ grasp_mat
@@ -281,8 +289,7 @@ class Expert:
 
     phase = state.phase
     target_pos = jnp.select(
-        [phase == ALIGN, phase == REACH, phase == MANIPULATE, phase == RETREAT],
-        [pre_grasp, grasp_point, manipulate_pos, retreat], ee_pos)
+        [phase == MANIPULATE, phase == RETREAT], [manipulate_pos, retreat], ee_pos)
     target_mat = jnp.where(phase == MANIPULATE, manipulate_mat, grasp_mat)
     holding = (phase == CLOSE) | (phase == MANIPULATE)
     position_error = jnp.linalg.norm(target_pos - ee_pos)
@@ -292,15 +299,14 @@ class Expert:
     distance = tasks.element_distances(qpos)[element]
     lost = jnp.linalg.norm(ee_pos - (site_pos + state.grasp)) > 0.05
     reached = (position_error < c.position_tolerance) & (jnp.linalg.norm(orientation_error) < 0.1)
-    posture = jnp.clip(self._pre_grasp[element] + state.offset, self._low, self._high)
+    posture = jnp.where(phase == APPROACH, jnp.clip(self._pre_grasp[element] + state.offset, self._low, self._high),
+                        self._grasp_posture[element])
     at_posture = jnp.abs(posture - qpos[:ARM_DOF]).max() < 0.05
     timed_out = state.timer >= c.phase_timeout
     next_phase = jnp.select(
-        [phase == APPROACH, phase == ALIGN, phase == REACH, phase == CLOSE, phase == MANIPULATE, phase == RELEASE,
-         phase == RETREAT],
-        [jnp.where(at_posture | timed_out, ALIGN, APPROACH),
-         jnp.where(reached | timed_out, REACH, ALIGN),
-         jnp.where(reached, CLOSE, jnp.where(timed_out, RETREAT, REACH)),
+        [phase == APPROACH, phase == REACH, phase == CLOSE, phase == MANIPULATE, phase == RELEASE, phase == RETREAT],
+        [jnp.where(at_posture | timed_out, REACH, APPROACH),
+         jnp.where(at_posture, CLOSE, jnp.where(timed_out, RETREAT, REACH)),
          jnp.where(state.timer >= c.close_steps, MANIPULATE, CLOSE),
          jnp.where((distance < 0.1) | lost | timed_out | (state.timer == state.retry_at), RELEASE, MANIPULATE),
          jnp.where(state.timer >= c.release_steps, RETREAT, RELEASE),
@@ -328,10 +334,10 @@ class Expert:
     # A grasped vertical handle turns freely in the hand: drop the yaw row of the task.
     rows = jnp.ones(6).at[5].set(jnp.where((phase == MANIPULATE) & self._free_yaw[element], 0.0, 1.0))
     dq = self._ik(rows[:, None] * jacobian, rows * error, qpos[:ARM_DOF])
-    # The approach is a joint-space move to a pre-grasp posture solved once for each element.
+    # Approach and reach are joint-space moves to postures solved once for each element.
     to_posture = (posture - qpos[:ARM_DOF]) * jnp.where(paused | state.done, 0.0, 1.0)
     to_posture = _cap_abs(to_posture, c.max_joint_step * jnp.minimum(state.speed, 1.0))
-    dq = jnp.where(phase == APPROACH, to_posture, dq)
+    dq = jnp.where((phase == APPROACH) | (phase == REACH), to_posture, dq)
     arm = (dq + gravity / self._kp) / _STEP
     finger_target = jnp.where(holding, _CLOSED, _OPEN)
     fingers = (finger_target - qpos[ARM_DOF:tasks.ROBOT_DOF]) / _STEP
