@@ -14,7 +14,8 @@ The randomness that makes the play varied is drawn per demo from the expert's ke
 manipulation speed, short pauses between phases and an occasional retreat-and-retry.
 
 Status (issue #3, in progress; nothing uses this module yet). From reset, in a 160-step probe: the
-slide cabinet completes; the knobs and the light switch are grasped but do not turn; the microwave
+slide cabinet completes; the knobs are grasped but turn only ~0.002 rad per step (the wrist barely
+rolls: check the IK's joint-limit freezing); the light switch is grasped but does not turn; the microwave
 opens to 0.31 of its goal distance and stalls (the handle slides in the fingers); the kettle is
 grasped but not lifted; the hinge door's grasp posture puts the hand against the door panel.
 """
@@ -67,9 +68,9 @@ class ElementMotion:
 # Grasp offsets keep the finger tips (5-6 cm past the end-effector site) off the panel behind a handle:
 # a knob's grip bar is 2.5 cm in front of its plate.
 MOTIONS = {
-    'bottom burner': ElementMotion('knob2_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.06, 0.0),
+    'bottom burner': ElementMotion('knob2_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.045, 0.0),
                                    turn_with_site=True),
-    'top burner': ElementMotion('knob4_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.06, 0.0),
+    'top burner': ElementMotion('knob4_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.045, 0.0),
                                 turn_with_site=True),
     'light switch': ElementMotion('light_site', FORWARD, speed=0.06, grasp_offset=(0.0, -0.02, 0.0)),
     'slide cabinet': ElementMotion('slide_site', FORWARD, speed=0.03, free_yaw=True),
