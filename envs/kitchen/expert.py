@@ -39,7 +39,6 @@ _LIMIT_MARGIN = 0.05  # rad kept from the arm's joint limits
 
 # Phases of one element.
 APPROACH, REACH, CLOSE, MANIPULATE, RELEASE, RETREAT = range(6)
-PHASE_NAMES = ('approach', 'reach', 'close', 'manipulate', 'release', 'retreat')
 
 
 # Gripper orientations (columns: site x, y, z axes in world; the fingers open along y, the gripper
@@ -201,12 +200,12 @@ class Expert:
 
     def solve(target_pos, target_mat, q):
       def iterate(q, _):
-        pos, mat, jacobian, _ = self._hand(qpos.at[:ARM_DOF].set(q))
+        pos, mat, jacobian, _, _ = self._hand(qpos.at[:ARM_DOF].set(q))
         error = jnp.concatenate([_cap(target_pos - pos, 0.1), _cap(_orientation_error(mat, target_mat), 0.5)])
         return q + self._ik(jacobian, 0.5 * error, q), None
 
       q = jax.lax.scan(iterate, q, None, length=iterations)[0]
-      pos, mat, _, _ = self._hand(qpos.at[:ARM_DOF].set(q))
+      pos, mat, _, _, _ = self._hand(qpos.at[:ARM_DOF].set(q))
       return q, jnp.linalg.norm(target_pos - pos) + 0.1 * jnp.linalg.norm(_orientation_error(mat, target_mat))
 
     q, error = jax.jit(jax.vmap(jax.vmap(solve, (None, None, 0))))(targets, self._orientation, starts)
@@ -240,17 +239,17 @@ class Expert:
     return mjx.kinematics(self._model, mjx.make_data(self._model).replace(qpos=qpos))
 
   def _hand(self, qpos: jax.Array):
-    """End-effector pose, its Jacobian over the arm joints ([6, 7]: linear; angular) and the arm
-    torque that holds the robot against gravity (gradient of its potential energy)."""
+    """End-effector pose, its Jacobian over the arm joints ([6, 7]: linear; angular), the arm torque
+    that holds the robot against gravity (gradient of its potential energy) and the kinematics."""
     def forward(q_arm):
       d = self._kinematics(qpos.at[:ARM_DOF].set(q_arm))
       potential = jnp.sum(self._weight * d.xipos)
-      return d.site_xpos[self._ee], d.site_xmat[self._ee], potential
+      return (d.site_xpos[self._ee], d.site_xmat[self._ee], potential), d
 
-    (pos, mat, _), linear = jax.linearize(forward, qpos[:ARM_DOF])
+    (pos, mat, _), linear, kinematics = jax.linearize(forward, qpos[:ARM_DOF], has_aux=True)
     d_pos, d_mat, d_potential = jax.vmap(linear)(jnp.eye(ARM_DOF, dtype=qpos.dtype))
     angular = jax.vmap(lambda dm: _vee(dm @ mat.T))(d_mat)
-    return pos, mat, jnp.concatenate([d_pos.T, angular.T]), d_potential
+    return pos, mat, jnp.concatenate([d_pos.T, angular.T]), d_potential, kinematics
 
   def _desired(self, element: jax.Array, qpos: jax.Array, speed: jax.Array) -> jax.Array:
     """The element's coordinates one manipulation step from the current ones toward the goal."""
@@ -276,12 +275,10 @@ class Expert:
     key, pause_key, element_key = jax.random.split(state.key, 3)
     element = state.plan[jnp.minimum(state.index, state.plan.shape[0] - 1)]
     site = self._sites[element]
-    ee_pos, ee_mat, jacobian, gravity = self._hand(qpos)
-    now = self._kinematics(qpos)
+    ee_pos, ee_mat, jacobian, gravity, now = self._hand(qpos)
     site_pos, site_mat = now.site_xpos[site], now.site_xmat[site]
     grasp_mat = self._orientation[element]
     axis = grasp_mat[:, 2]
-    grasp_point = site_pos + self._grasp_offset[element]
     retreat = site_pos + state.grasp - self._approach[element] * axis
     desired = self._kinematics(self._desired(element, qpos, self._speed[element] * state.speed))
     turned = desired.site_xmat[site] @ state.grasp_rot.T @ grasp_mat
