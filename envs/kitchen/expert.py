@@ -58,23 +58,24 @@ class ElementMotion:
   site: str  # the handle's site; the hand grasps it
   orientation: np.ndarray  # gripper orientation while grasping
   speed: float  # element coordinate change per control step while manipulating (rad or m)
-  grasp_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # hand minus site at grasp (world, m)
-  turn_with_site: bool = False  # the gripper turns with the handle (knobs) rather than sliding on it
-  free_yaw: bool = False  # while manipulating, the yaw about the (vertical) handle is left to the IK
+  grasp_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # hand minus site at grasp (world, m, at reset)
+  grip: bool = True  # grasp the handle with open fingers, then close; else push with closed fingers
+  press: tuple[float, float, float] = (0.0, 0.0, 0.0)  # added to the grasp offset while manipulating (pushing)
   approach: float = 0.10  # pre-grasp distance back along the gripper axis (m)
 
 
 # Grasp offsets keep the finger tips (5-6 cm past the end-effector site) off the panel behind a handle:
 # a knob's grip bar is 2.5 cm in front of its plate.
 MOTIONS = {
-    'bottom burner': ElementMotion('knob2_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.045, 0.0),
-                                   turn_with_site=True),
-    'top burner': ElementMotion('knob4_site', FORWARD, speed=0.1, grasp_offset=(0.0, -0.045, 0.0),
-                                turn_with_site=True),
-    'light switch': ElementMotion('light_site', FORWARD, speed=0.06, grasp_offset=(0.0, -0.02, 0.0)),
-    'slide cabinet': ElementMotion('slide_site', FORWARD, speed=0.03, free_yaw=True),
-    'hinge cabinet': ElementMotion('hinge_site2', LEFT, speed=0.08, grasp_offset=(0.0, -0.01, 0.0), free_yaw=True),
-    'microwave': ElementMotion('microhandle_site', LEFT, speed=0.06, free_yaw=True),
+    'bottom burner': ElementMotion('knob2_site', FORWARD, speed=0.08, grasp_offset=(-0.038, -0.035, 0.038), grip=False,
+                                   press=(0.06, 0.0, 0.0)),
+    'top burner': ElementMotion('knob4_site', FORWARD, speed=0.08, grasp_offset=(-0.038, -0.035, 0.038), grip=False,
+                                press=(0.06, 0.0, 0.0)),
+    'light switch': ElementMotion('light_site', FORWARD, speed=0.06, grasp_offset=(0.041, -0.02, 0.0), grip=False,
+                                  press=(-0.06, 0.0, 0.0)),
+    'slide cabinet': ElementMotion('slide_site', FORWARD, speed=0.03),
+    'hinge cabinet': ElementMotion('hinge_site2', RIGHT, speed=0.06, grasp_offset=(0.0, -0.01, 0.0)),
+    'microwave': ElementMotion('microhandle_site', LEFT, speed=0.05, grasp_offset=(0.0, -0.01, 0.0)),
     'kettle': ElementMotion('kettle_site', DOWN, speed=0.02),
 }
 # Kettle transport: lift this high above the goal height before moving across (m).
@@ -83,13 +84,14 @@ _KETTLE_LIFT = 0.08
 
 @dataclasses.dataclass(frozen=True)
 class ExpertConfig:
-  gain: float = 0.8  # fraction of the task-space error corrected per control step
+  gain: float = 0.4  # fraction of the task-space error corrected per control step
   damping: float = 0.05  # DLS damping (lambda)
   max_joint_step: float = 0.16  # rad per control step (action 1)
   max_hand_step: float = 0.08  # m of position error taken per step
   max_turn_step: float = 0.4  # rad of orientation error taken per step
-  position_tolerance: float = 0.015  # m: retreat point reached
+  position_tolerance: float = 0.006  # m: grasp or retreat point reached
   approach_noise: float = 0.02  # rad: uniform per-joint offset of the pre-grasp posture
+  grasp_noise: float = 0.004  # m: uniform per-axis offset of the grasp point
   speed_range: tuple[float, float] = (0.7, 1.3)  # per-demo factor on manipulation speed
   max_pause: int = 3  # steps of a random pause between phases
   retry_probability: float = 0.1  # per element: release and retreat once midway, then start again
@@ -108,8 +110,7 @@ class ExpertState:
   offset: jax.Array  # [7]: joint offset of this element's pre-grasp posture
   speed: jax.Array  # per-demo speed factor
   retry_at: jax.Array  # int32: manipulation step at which to let go once and start over (-1: never)
-  grasp: jax.Array  # [3]: hand position minus the site's at grasp time
-  grasp_rot: jax.Array  # [3, 3]: the site's orientation at grasp time
+  grasp: jax.Array  # [3]: the grasp point in the site's frame
   key: jax.Array
 
   @property
@@ -147,8 +148,8 @@ class Expert:
     self._orientation = jnp.asarray(np.stack([m.orientation for m in motions]), jnp.float32)
     self._speed = jnp.array([m.speed for m in motions], jnp.float32)
     self._grasp_offset = jnp.array([m.grasp_offset for m in motions], jnp.float32)
-    self._turn = jnp.array([m.turn_with_site for m in motions])
-    self._free_yaw = jnp.array([m.free_yaw for m in motions])
+    press = jnp.array([m.press for m in motions], jnp.float32)
+    self._grip = jnp.array([m.grip for m in motions])
     self._approach = jnp.array([m.approach for m in motions], jnp.float32)
     masks = np.zeros((len(tasks.ELEMENTS), tasks.NQ), bool)
     goal = np.zeros(tasks.NQ, np.float32)
@@ -166,16 +167,19 @@ class Expert:
     self._high = jnp.asarray(limits[:, 1] - _LIMIT_MARGIN, jnp.float32)
     # Pre-grasp postures from random starts around the reset posture; grasp postures from those, so
     # that reaching in is a short joint-space move within one IK branch.
-    n, seeds = len(tasks.ELEMENTS), 16
-    noise = jax.random.uniform(jax.random.key(0), (n, seeds, ARM_DOF), minval=-0.5, maxval=0.5)
+    # The hand holds each element at a fixed pose in its site's frame, taken from the reset state.
+    reset = self._kinematics(jnp.asarray(tasks.INIT_QPOS, jnp.float32))
+    site_mat = reset.site_xmat[self._sites]
+    self._hold_rot = jnp.einsum('eji,ejk->eik', site_mat, self._orientation)
+    self._hold_offset = jnp.einsum('eji,ej->ei', site_mat, self._grasp_offset)
+    self._press = jnp.einsum('eji,ej->ei', site_mat, press)
+    seeds = 64
+    noise = jax.random.uniform(jax.random.key(0), (len(tasks.ELEMENTS), seeds, ARM_DOF), minval=-1.0, maxval=1.0)
     starts = jnp.clip(self._nominal + noise, self._low, self._high)
-    self._pre_grasp, pre_error = self._solve_postures(self._approach, starts)
-    starts = jnp.clip(self._pre_grasp[:, None] + 0.1 * noise, self._low, self._high)
-    self._grasp_posture, grasp_error = self._solve_postures(jnp.zeros(n), starts)
-    self.posture_error = {'pre_grasp': pre_error, 'grasp': grasp_error}
+    self._pre_grasp, self.posture_error = self._solve_postures(self._approach, starts)
 
-  def _ik(self, jacobian: jax.Array, error: jax.Array, q: jax.Array) -> jax.Array:
-    """Damped-least-squares joint step toward a task-space error, with a null-space pull toward the
+  def _ik(self, jacobian: jax.Array, error: jax.Array, q: jax.Array, nominal: jax.Array) -> jax.Array:
+    """Damped-least-squares joint step toward a task-space error, with a null-space pull toward a
     nominal posture. Joints that the step would push past their limits are frozen and the step is
     solved again without them, so the others take up the motion."""
     c = self.config
@@ -183,7 +187,7 @@ class Expert:
     def solve(jac):
       jjt = jac @ jac.T + c.damping**2 * jnp.eye(6)
       projector = jnp.eye(ARM_DOF) - jac.T @ jnp.linalg.solve(jjt, jac)
-      return jac.T @ jnp.linalg.solve(jjt, error) + projector @ (0.05 * (self._nominal - q))
+      return jac.T @ jnp.linalg.solve(jjt, error) + projector @ (0.05 * (nominal - q))
 
     dq = solve(jacobian)
     blocked = ((q + dq < self._low) & (dq < 0)) | ((q + dq > self._high) & (dq > 0))
@@ -193,7 +197,8 @@ class Expert:
   def _solve_postures(self, backoff: jax.Array, starts: jax.Array, iterations: int = 200):
     """Arm postures ([7 elements, 7]) that put the hand at each element's grasp pose at reset, backed
     off by `backoff` ([7], m) along the gripper axis: kinematic DLS iterations from each of `starts`
-    ([7, seeds, 7]); the start that ends closest wins. Also returns the remaining pose errors."""
+    ([7, seeds, 7]). Of the solutions within 5 mm, the one farthest from the joint limits wins, so
+    that manipulation from it has room to move. Also returns the remaining pose errors."""
     qpos = jnp.asarray(tasks.INIT_QPOS, jnp.float32)
     sites = self._kinematics(qpos).site_xpos[self._sites]
     targets = sites + self._grasp_offset - backoff[:, None] * self._orientation[:, :, 2]
@@ -202,14 +207,15 @@ class Expert:
       def iterate(q, _):
         pos, mat, jacobian, _, _ = self._hand(qpos.at[:ARM_DOF].set(q))
         error = jnp.concatenate([_cap(target_pos - pos, 0.1), _cap(_orientation_error(mat, target_mat), 0.5)])
-        return q + self._ik(jacobian, 0.5 * error, q), None
+        return q + self._ik(jacobian, 0.5 * error, q, self._nominal), None
 
       q = jax.lax.scan(iterate, q, None, length=iterations)[0]
       pos, mat, _, _, _ = self._hand(qpos.at[:ARM_DOF].set(q))
       return q, jnp.linalg.norm(target_pos - pos) + 0.1 * jnp.linalg.norm(_orientation_error(mat, target_mat))
 
     q, error = jax.jit(jax.vmap(jax.vmap(solve, (None, None, 0))))(targets, self._orientation, starts)
-    best = jnp.argmin(error, axis=1)
+    margin = jnp.minimum(q - self._low, self._high - q).min(axis=-1)
+    best = jnp.argmin(jnp.where(error < 0.005, -margin, 10.0 + error), axis=1)
     rows = jnp.arange(len(tasks.ELEMENTS))
     return q[rows, best], np.asarray(error[rows, best])
 
@@ -222,16 +228,18 @@ class Expert:
     zero = jnp.zeros((), jnp.int32)
     state = ExpertState(plan=plan, index=zero, phase=zero, timer=zero, pause=zero, offset=jnp.zeros(ARM_DOF),
                         speed=jax.random.uniform(speed_key, (), minval=low, maxval=high), retry_at=zero - 1,
-                        grasp=jnp.zeros(3), grasp_rot=jnp.eye(3), key=key)
+                        grasp=jnp.zeros(3), key=key)
     return self._new_element(state, element_key)
 
   def _new_element(self, state: ExpertState, key: jax.Array) -> ExpertState:
-    """Draws the per-element randomness: pre-grasp offset and whether to let go once midway."""
+    """Draws the per-element randomness: pre-grasp offset, grasp point and whether to let go once midway."""
     c = self.config
-    offset_key, retry_key, when_key = jax.random.split(key, 3)
+    offset_key, grasp_key, retry_key, when_key = jax.random.split(key, 4)
     retry = jax.random.uniform(retry_key) < c.retry_probability
+    element = state.plan[jnp.minimum(state.index, state.plan.shape[0] - 1)]
+    grasp = self._hold_offset[element] + jax.random.uniform(grasp_key, (3,), minval=-c.grasp_noise, maxval=c.grasp_noise)
     return state.replace(
-        phase=jnp.int32(APPROACH), timer=jnp.int32(0),
+        phase=jnp.int32(APPROACH), timer=jnp.int32(0), grasp=grasp,
         offset=jax.random.uniform(offset_key, (ARM_DOF,), minval=-c.approach_noise, maxval=c.approach_noise),
         retry_at=jnp.where(retry, jax.random.randint(when_key, (), 2, 8), -1))
 
@@ -276,35 +284,37 @@ class Expert:
     element = state.plan[jnp.minimum(state.index, state.plan.shape[0] - 1)]
     site = self._sites[element]
     ee_pos, ee_mat, jacobian, gravity, now = self._hand(qpos)
-    site_pos, site_mat = now.site_xpos[site], now.site_xmat[site]
-    grasp_mat = self._orientation[element]
-    axis = grasp_mat[:, 2]
-    retreat = site_pos + state.grasp - self._approach[element] * axis
+    # The hand's position held in the element's frame: now, and at the next desired element state. A
+    # grasping hand also turns with the element; a pushing one keeps its orientation.
+    site_mat = now.site_xmat[site]
+    grip = self._grip[element]
+    hold_pos = now.site_xpos[site] + site_mat @ state.grasp
+    hold_mat = jnp.where(grip, site_mat @ self._hold_rot[element], self._orientation[element])
     desired = self._kinematics(self._desired(element, qpos, self._speed[element] * state.speed))
-    turned = desired.site_xmat[site] @ state.grasp_rot.T @ grasp_mat
-    manipulate_mat = jnp.where(self._turn[element], turned, grasp_mat)
-    manipulate_pos = desired.site_xpos[site] + state.grasp
+    desired_mat = desired.site_xmat[site]
+    manipulate_pos = desired.site_xpos[site] + desired_mat @ (state.grasp + self._press[element])
+    manipulate_mat = jnp.where(grip, desired_mat @ self._hold_rot[element], self._orientation[element])
+    retreat = hold_pos - self._approach[element] * hold_mat[:, 2]
 
     phase = state.phase
     target_pos = jnp.select(
-        [phase == MANIPULATE, phase == RETREAT], [manipulate_pos, retreat], ee_pos)
-    target_mat = jnp.where(phase == MANIPULATE, manipulate_mat, grasp_mat)
-    holding = (phase == CLOSE) | (phase == MANIPULATE)
+        [phase == REACH, phase == MANIPULATE, phase == RETREAT], [hold_pos, manipulate_pos, retreat], ee_pos)
+    target_mat = jnp.where(phase == MANIPULATE, manipulate_mat, hold_mat)
+    holding = (phase == CLOSE) | (phase == MANIPULATE) | ~grip
     position_error = jnp.linalg.norm(target_pos - ee_pos)
     orientation_error = _orientation_error(ee_mat, target_mat)
 
     # Phase transitions.
     distance = tasks.element_distances(qpos)[element]
-    lost = jnp.linalg.norm(ee_pos - (site_pos + state.grasp)) > 0.05
+    lost = jnp.linalg.norm(ee_pos - hold_pos) > 0.05
     reached = (position_error < c.position_tolerance) & (jnp.linalg.norm(orientation_error) < 0.1)
-    posture = jnp.where(phase == APPROACH, jnp.clip(self._pre_grasp[element] + state.offset, self._low, self._high),
-                        self._grasp_posture[element])
+    posture = jnp.clip(self._pre_grasp[element] + state.offset, self._low, self._high)
     at_posture = jnp.abs(posture - qpos[:ARM_DOF]).max() < 0.05
     timed_out = state.timer >= c.phase_timeout
     next_phase = jnp.select(
         [phase == APPROACH, phase == REACH, phase == CLOSE, phase == MANIPULATE, phase == RELEASE, phase == RETREAT],
         [jnp.where(at_posture | timed_out, REACH, APPROACH),
-         jnp.where(at_posture, CLOSE, jnp.where(timed_out, RETREAT, REACH)),
+         jnp.where(reached, CLOSE, jnp.where(timed_out, RETREAT, REACH)),
          jnp.where(state.timer >= c.close_steps, MANIPULATE, CLOSE),
          jnp.where((distance < 0.1) | lost | timed_out | (state.timer == state.retry_at), RELEASE, MANIPULATE),
          jnp.where(state.timer >= c.release_steps, RETREAT, RELEASE),
@@ -313,14 +323,11 @@ class Expert:
     next_phase = jnp.where(paused | state.done, phase, next_phase)
     changed = next_phase != phase
     finished = changed & (phase == RETREAT) & (distance < tasks.THRESHOLD)
-    grasped = changed & (phase == REACH)
     new = state.replace(
         phase=next_phase,
         timer=jnp.where(changed, 0, state.timer + jnp.where(paused, 0, 1)),
         pause=jnp.where(changed, jax.random.randint(pause_key, (), 0, c.max_pause + 1), jnp.maximum(state.pause - 1, 0)),
         retry_at=jnp.where(changed & (phase == MANIPULATE), -1, state.retry_at),
-        grasp=jnp.where(grasped, ee_pos - site_pos, state.grasp),
-        grasp_rot=jnp.where(grasped, site_mat, state.grasp_rot),
         key=key)
     advanced = new.replace(index=state.index + 1)
     advanced = self._new_element(advanced, element_key).replace(pause=new.pause)
@@ -329,13 +336,11 @@ class Expert:
     # Errors are capped to what one linearized step can take.
     error = jnp.concatenate([_cap(target_pos - ee_pos, c.max_hand_step), _cap(orientation_error, c.max_turn_step)])
     error = c.gain * error * jnp.where(paused | state.done, 0.0, 1.0)
-    # A grasped vertical handle turns freely in the hand: drop the yaw row of the task.
-    rows = jnp.ones(6).at[5].set(jnp.where((phase == MANIPULATE) & self._free_yaw[element], 0.0, 1.0))
-    dq = self._ik(rows[:, None] * jacobian, rows * error, qpos[:ARM_DOF])
+    dq = self._ik(jacobian, error, qpos[:ARM_DOF], self._pre_grasp[element])
     # Approach and reach are joint-space moves to postures solved once for each element.
     to_posture = (posture - qpos[:ARM_DOF]) * jnp.where(paused | state.done, 0.0, 1.0)
     to_posture = _cap_abs(to_posture, c.max_joint_step * jnp.minimum(state.speed, 1.0))
-    dq = jnp.where((phase == APPROACH) | (phase == REACH), to_posture, dq)
+    dq = jnp.where(phase == APPROACH, to_posture, dq)
     arm = (dq + gravity / self._kp) / _STEP
     finger_target = jnp.where(holding, _CLOSED, _OPEN)
     fingers = (finger_target - qpos[ARM_DOF:tasks.ROBOT_DOF]) / _STEP
