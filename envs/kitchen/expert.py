@@ -53,6 +53,12 @@ RIGHT = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
 DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
 
 
+def _yawed(orientation: np.ndarray, angle: float) -> np.ndarray:
+  """`orientation` turned by `angle` (rad) about the world's vertical."""
+  c, s = np.cos(angle), np.sin(angle)
+  return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ orientation
+
+
 @dataclasses.dataclass(frozen=True)
 class ElementMotion:
   site: str  # the handle's site; the hand grasps it
@@ -60,6 +66,7 @@ class ElementMotion:
   speed: float  # element coordinate change per control step while manipulating (rad or m)
   grasp_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # hand minus site at grasp (world, m, at reset)
   grip: bool = True  # grasp the handle with open fingers, then close; else push with closed fingers
+  turn: bool = False  # the hand turns with the element (doors); else it keeps its orientation
   press: tuple[float, float, float] = (0.0, 0.0, 0.0)  # added to the grasp offset while manipulating (pushing)
   approach: float = 0.10  # pre-grasp distance back along the gripper axis (m)
 
@@ -74,17 +81,21 @@ MOTIONS = {
     'light switch': ElementMotion('light_site', FORWARD, speed=0.06, grasp_offset=(0.041, -0.02, 0.0), grip=False,
                                   press=(-0.06, 0.0, 0.0)),
     'slide cabinet': ElementMotion('slide_site', FORWARD, speed=0.03),
-    'hinge cabinet': ElementMotion('hinge_site2', RIGHT, speed=0.06, grasp_offset=(0.0, -0.01, 0.0)),
-    'microwave': ElementMotion('microhandle_site', LEFT, speed=0.05, grasp_offset=(0.0, -0.01, 0.0)),
-    'kettle': ElementMotion('kettle_site', DOWN, speed=0.02),
+    'hinge cabinet': ElementMotion('hinge_site2', FORWARD, speed=0.06, press=(0.0, -0.05, 0.0), turn=True),
+    # The microwave stands turned 0.3 rad toward the robot; the hand faces its door.
+    'microwave': ElementMotion('microhandle_site', _yawed(FORWARD, 0.3), speed=0.05, grasp_offset=(0.0015, -0.005, 0.0),
+                                press=(0.015, -0.05, 0.0), turn=True),
+    'kettle': ElementMotion('kettle_site', DOWN, speed=0.03),
 }
 # Kettle transport: lift this high above the goal height before moving across (m).
-_KETTLE_LIFT = 0.08
+_KETTLE_LIFT = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
 class ExpertConfig:
   gain: float = 0.4  # fraction of the task-space error corrected per control step
+  integral_gain: float = 0.1  # of the summed position error, against steady loads while manipulating
+  max_integral: float = 0.3  # m
   damping: float = 0.05  # DLS damping (lambda)
   max_joint_step: float = 0.16  # rad per control step (action 1)
   max_hand_step: float = 0.08  # m of position error taken per step
@@ -111,6 +122,7 @@ class ExpertState:
   speed: jax.Array  # per-demo speed factor
   retry_at: jax.Array  # int32: manipulation step at which to let go once and start over (-1: never)
   grasp: jax.Array  # [3]: the grasp point in the site's frame
+  integral: jax.Array  # [3]: summed hand position error while manipulating (m)
   key: jax.Array
 
   @property
@@ -150,6 +162,7 @@ class Expert:
     self._grasp_offset = jnp.array([m.grasp_offset for m in motions], jnp.float32)
     press = jnp.array([m.press for m in motions], jnp.float32)
     self._grip = jnp.array([m.grip for m in motions])
+    self._turn = jnp.array([m.turn for m in motions])
     self._approach = jnp.array([m.approach for m in motions], jnp.float32)
     masks = np.zeros((len(tasks.ELEMENTS), tasks.NQ), bool)
     goal = np.zeros(tasks.NQ, np.float32)
@@ -158,6 +171,8 @@ class Expert:
       goal[list(tasks.ELEMENT_INDICES[element])] = tasks.ELEMENT_GOALS[element]
     self._masks, self._goal = jnp.asarray(masks), jnp.asarray(goal)
     self._kettle = tasks.ELEMENTS.index('kettle')
+    # The kettle's weight, carried at the hand while it is held (feed-forward load compensation).
+    self._kettle_weight = float(-model.body_subtreemass[model.body('kettle').id] * model.opt.gravity[2])
     self._kettle_idx = np.array(tasks.ELEMENT_INDICES['kettle'])
     self._kp = jnp.asarray(model.actuator_gainprm[:ARM_DOF, 0], jnp.float32)
     self._weight = jnp.asarray(-model.body_mass[:, None] * model.opt.gravity[None], jnp.float32)  # [nbody, 3]
@@ -173,9 +188,8 @@ class Expert:
     self._hold_rot = jnp.einsum('eji,ejk->eik', site_mat, self._orientation)
     self._hold_offset = jnp.einsum('eji,ej->ei', site_mat, self._grasp_offset)
     self._press = jnp.einsum('eji,ej->ei', site_mat, press)
-    seeds = 64
-    noise = jax.random.uniform(jax.random.key(0), (len(tasks.ELEMENTS), seeds, ARM_DOF), minval=-1.0, maxval=1.0)
-    starts = jnp.clip(self._nominal + noise, self._low, self._high)
+    starts = jax.random.uniform(jax.random.key(0), (len(tasks.ELEMENTS), 64, ARM_DOF), minval=self._low,
+                                maxval=self._high)
     self._pre_grasp, self.posture_error = self._solve_postures(self._approach, starts)
 
   def _ik(self, jacobian: jax.Array, error: jax.Array, q: jax.Array, nominal: jax.Array) -> jax.Array:
@@ -197,7 +211,7 @@ class Expert:
   def _solve_postures(self, backoff: jax.Array, starts: jax.Array, iterations: int = 200):
     """Arm postures ([7 elements, 7]) that put the hand at each element's grasp pose at reset, backed
     off by `backoff` ([7], m) along the gripper axis: kinematic DLS iterations from each of `starts`
-    ([7, seeds, 7]). Of the solutions within 5 mm, the one farthest from the joint limits wins, so
+    ([7, seeds, 7]), each pulled in the null space toward its start. Of the solutions within 5 mm, the one farthest from the joint limits wins, so
     that manipulation from it has room to move. Also returns the remaining pose errors."""
     qpos = jnp.asarray(tasks.INIT_QPOS, jnp.float32)
     sites = self._kinematics(qpos).site_xpos[self._sites]
@@ -207,8 +221,9 @@ class Expert:
       def iterate(q, _):
         pos, mat, jacobian, _, _ = self._hand(qpos.at[:ARM_DOF].set(q))
         error = jnp.concatenate([_cap(target_pos - pos, 0.1), _cap(_orientation_error(mat, target_mat), 0.5)])
-        return q + self._ik(jacobian, 0.5 * error, q, self._nominal), None
+        return q + self._ik(jacobian, 0.5 * error, q, start), None
 
+      start = q
       q = jax.lax.scan(iterate, q, None, length=iterations)[0]
       pos, mat, _, _, _ = self._hand(qpos.at[:ARM_DOF].set(q))
       return q, jnp.linalg.norm(target_pos - pos) + 0.1 * jnp.linalg.norm(_orientation_error(mat, target_mat))
@@ -228,7 +243,7 @@ class Expert:
     zero = jnp.zeros((), jnp.int32)
     state = ExpertState(plan=plan, index=zero, phase=zero, timer=zero, pause=zero, offset=jnp.zeros(ARM_DOF),
                         speed=jax.random.uniform(speed_key, (), minval=low, maxval=high), retry_at=zero - 1,
-                        grasp=jnp.zeros(3), key=key)
+                        grasp=jnp.zeros(3), integral=jnp.zeros(3), key=key)
     return self._new_element(state, element_key)
 
   def _new_element(self, state: ExpertState, key: jax.Array) -> ExpertState:
@@ -271,8 +286,7 @@ class Expert:
     dz = jnp.clip(jnp.where(far, lifted_z, goal[2]) - pos[2], -speed, speed)
     step_xy = (goal[:2] - pos[:2]) * jnp.minimum(1.0, speed / jnp.maximum(across, 1e-6))
     dxy = jnp.where(far & (pos[2] > goal[2] + 0.5 * _KETTLE_LIFT), step_xy, 0.0)
-    quat = qpos[self._kettle_idx[3:]]
-    quat = quat + jnp.clip(self._goal[self._kettle_idx[3:]] - quat, -0.05, 0.05)
+    quat = self._goal[self._kettle_idx[3:]]
     kettle = qpos.at[self._kettle_idx].set(
         jnp.concatenate([pos + jnp.concatenate([dxy, dz[None]]), quat / jnp.linalg.norm(quat)]))
     return jnp.where(element == self._kettle, kettle, hinged)
@@ -284,23 +298,23 @@ class Expert:
     element = state.plan[jnp.minimum(state.index, state.plan.shape[0] - 1)]
     site = self._sites[element]
     ee_pos, ee_mat, jacobian, gravity, now = self._hand(qpos)
-    # The hand's position held in the element's frame: now, and at the next desired element state. A
-    # grasping hand also turns with the element; a pushing one keeps its orientation.
+    # The hand's position held in the element's frame: now, and at the next desired element state. On a
+    # door the hand also turns with the element; elsewhere it keeps its orientation.
     site_mat = now.site_xmat[site]
-    grip = self._grip[element]
+    turn = self._turn[element]
     hold_pos = now.site_xpos[site] + site_mat @ state.grasp
-    hold_mat = jnp.where(grip, site_mat @ self._hold_rot[element], self._orientation[element])
+    hold_mat = jnp.where(turn, site_mat @ self._hold_rot[element], self._orientation[element])
     desired = self._kinematics(self._desired(element, qpos, self._speed[element] * state.speed))
     desired_mat = desired.site_xmat[site]
     manipulate_pos = desired.site_xpos[site] + desired_mat @ (state.grasp + self._press[element])
-    manipulate_mat = jnp.where(grip, desired_mat @ self._hold_rot[element], self._orientation[element])
+    manipulate_mat = jnp.where(turn, desired_mat @ self._hold_rot[element], self._orientation[element])
     retreat = hold_pos - self._approach[element] * hold_mat[:, 2]
 
     phase = state.phase
     target_pos = jnp.select(
         [phase == REACH, phase == MANIPULATE, phase == RETREAT], [hold_pos, manipulate_pos, retreat], ee_pos)
     target_mat = jnp.where(phase == MANIPULATE, manipulate_mat, hold_mat)
-    holding = (phase == CLOSE) | (phase == MANIPULATE) | ~grip
+    holding = (phase == CLOSE) | (phase == MANIPULATE) | ~self._grip[element]
     position_error = jnp.linalg.norm(target_pos - ee_pos)
     orientation_error = _orientation_error(ee_mat, target_mat)
 
@@ -328,6 +342,8 @@ class Expert:
         timer=jnp.where(changed, 0, state.timer + jnp.where(paused, 0, 1)),
         pause=jnp.where(changed, jax.random.randint(pause_key, (), 0, c.max_pause + 1), jnp.maximum(state.pause - 1, 0)),
         retry_at=jnp.where(changed & (phase == MANIPULATE), -1, state.retry_at),
+        integral=jnp.where(changed | (phase != MANIPULATE), 0.0,
+                           _cap(state.integral + target_pos - ee_pos, c.max_integral)),
         key=key)
     advanced = new.replace(index=state.index + 1)
     advanced = self._new_element(advanced, element_key).replace(pause=new.pause)
@@ -335,12 +351,15 @@ class Expert:
 
     # Errors are capped to what one linearized step can take.
     error = jnp.concatenate([_cap(target_pos - ee_pos, c.max_hand_step), _cap(orientation_error, c.max_turn_step)])
-    error = c.gain * error * jnp.where(paused | state.done, 0.0, 1.0)
+    error = (c.gain * error + c.integral_gain * jnp.concatenate([state.integral, jnp.zeros(3)])) * jnp.where(
+        paused | state.done, 0.0, 1.0)
     dq = self._ik(jacobian, error, qpos[:ARM_DOF], self._pre_grasp[element])
     # Approach and reach are joint-space moves to postures solved once for each element.
     to_posture = (posture - qpos[:ARM_DOF]) * jnp.where(paused | state.done, 0.0, 1.0)
     to_posture = _cap_abs(to_posture, c.max_joint_step * jnp.minimum(state.speed, 1.0))
     dq = jnp.where(phase == APPROACH, to_posture, dq)
+    carrying = (element == self._kettle) & (phase == MANIPULATE)
+    gravity = gravity + jnp.where(carrying, self._kettle_weight, 0.0) * jacobian[2]
     arm = (dq + gravity / self._kp) / _STEP
     finger_target = jnp.where(holding, _CLOSED, _OPEN)
     fingers = (finger_target - qpos[ARM_DOF:tasks.ROBOT_DOF]) / _STEP
