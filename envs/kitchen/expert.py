@@ -85,10 +85,8 @@ MOTIONS = {
     # The microwave stands turned 0.3 rad toward the robot; the hand faces its door.
     'microwave': ElementMotion('microhandle_site', _yawed(FORWARD, 0.3), speed=0.05, grasp_offset=(0.0015, -0.005, 0.0),
                                 press=(0.015, -0.05, 0.0), turn=True),
-    'kettle': ElementMotion('kettle_site', DOWN, speed=0.03),
+    'kettle': ElementMotion('kettle_site', DOWN, speed=0.03, press=(0.0, 0.02, 0.0)),
 }
-# Kettle transport: lift this high above the goal height before moving across (m).
-_KETTLE_LIFT = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +106,8 @@ class ExpertConfig:
   retry_probability: float = 0.1  # per element: release and retreat once midway, then start again
   close_steps: int = 4
   release_steps: int = 3
-  phase_timeout: int = 60
+  phase_timeout: int = 40
+  manipulate_timeout: int = 90
 
 
 @struct.dataclass
@@ -171,8 +170,6 @@ class Expert:
       goal[list(tasks.ELEMENT_INDICES[element])] = tasks.ELEMENT_GOALS[element]
     self._masks, self._goal = jnp.asarray(masks), jnp.asarray(goal)
     self._kettle = tasks.ELEMENTS.index('kettle')
-    # The kettle's weight, carried at the hand while it is held (feed-forward load compensation).
-    self._kettle_weight = float(-model.body_subtreemass[model.body('kettle').id] * model.opt.gravity[2])
     self._kettle_idx = np.array(tasks.ELEMENT_INDICES['kettle'])
     self._kp = jnp.asarray(model.actuator_gainprm[:ARM_DOF, 0], jnp.float32)
     self._weight = jnp.asarray(-model.body_mass[:, None] * model.opt.gravity[None], jnp.float32)  # [nbody, 3]
@@ -278,17 +275,12 @@ class Expert:
     """The element's coordinates one manipulation step from the current ones toward the goal."""
     mask = self._masks[element]
     hinged = jnp.where(mask, qpos + jnp.clip(self._goal - qpos, -speed, speed), qpos)
-    # The kettle: lift, carry at the lifted height, set down; its orientation eases to the goal's.
+    # The kettle slides across the stove top to the goal burner (both burners are at the same height),
+    # held upright by its handle: a lift would hang it on finger friction alone, and MuJoCo's soft
+    # contacts let it creep down the pads.
     pos, goal = qpos[self._kettle_idx[:3]], self._goal[self._kettle_idx[:3]]
-    lifted_z = goal[2] + _KETTLE_LIFT
-    across = jnp.linalg.norm(goal[:2] - pos[:2])
-    far = across > 0.02
-    dz = jnp.clip(jnp.where(far, lifted_z, goal[2]) - pos[2], -speed, speed)
-    step_xy = (goal[:2] - pos[:2]) * jnp.minimum(1.0, speed / jnp.maximum(across, 1e-6))
-    dxy = jnp.where(far & (pos[2] > goal[2] + 0.5 * _KETTLE_LIFT), step_xy, 0.0)
     quat = self._goal[self._kettle_idx[3:]]
-    kettle = qpos.at[self._kettle_idx].set(
-        jnp.concatenate([pos + jnp.concatenate([dxy, dz[None]]), quat / jnp.linalg.norm(quat)]))
+    kettle = qpos.at[self._kettle_idx].set(jnp.concatenate([pos + _cap(goal - pos, speed), quat / jnp.linalg.norm(quat)]))
     return jnp.where(element == self._kettle, kettle, hinged)
 
   def act(self, state: ExpertState, qpos: jax.Array) -> tuple[jax.Array, ExpertState]:
@@ -330,7 +322,8 @@ class Expert:
         [jnp.where(at_posture | timed_out, REACH, APPROACH),
          jnp.where(reached, CLOSE, jnp.where(timed_out, RETREAT, REACH)),
          jnp.where(state.timer >= c.close_steps, MANIPULATE, CLOSE),
-         jnp.where((distance < 0.1) | lost | timed_out | (state.timer == state.retry_at), RELEASE, MANIPULATE),
+         jnp.where((distance < 0.1) | lost | (state.timer >= c.manipulate_timeout) | (state.timer == state.retry_at),
+                   RELEASE, MANIPULATE),
          jnp.where(state.timer >= c.release_steps, RETREAT, RELEASE),
          jnp.where(reached | timed_out, APPROACH, RETREAT)], phase).astype(jnp.int32)
     paused = state.pause > 0
@@ -358,8 +351,6 @@ class Expert:
     to_posture = (posture - qpos[:ARM_DOF]) * jnp.where(paused | state.done, 0.0, 1.0)
     to_posture = _cap_abs(to_posture, c.max_joint_step * jnp.minimum(state.speed, 1.0))
     dq = jnp.where(phase == APPROACH, to_posture, dq)
-    carrying = (element == self._kettle) & (phase == MANIPULATE)
-    gravity = gravity + jnp.where(carrying, self._kettle_weight, 0.0) * jacobian[2]
     arm = (dq + gravity / self._kp) / _STEP
     finger_target = jnp.where(holding, _CLOSED, _OPEN)
     fingers = (finger_target - qpos[ARM_DOF:tasks.ROBOT_DOF]) / _STEP

@@ -44,6 +44,7 @@ _FRICTION = [1.0, 1.0, 0.005, 0.0001, 0.0001]  # sliding, torsional, rolling (Mu
 # Hand contacts: impedance close to 1, so that a held handle does not creep through the fingers under a
 # sustained load (with the default 0.9-0.95 a grasped kettle slid ~5 mm/s down the pads instead of lifting).
 _GRIP_SOLIMP = [0.99, 0.999, 0.001, 0.5, 2.0]
+_GRIP_FRICTION = [1.0, 1.0, 0.02, 0.0001, 0.0001]  # torsional: a 2 cm finger pad
 
 _INTEGRATORS = {
     'euler': mujoco.mjtIntegrator.mjINT_EULER,
@@ -187,7 +188,7 @@ def build_spec(physics: PhysicsConfig = PhysicsConfig()) -> mujoco.MjSpec:
   for robot_geom in ROBOT_COLLIDER_NAMES:
     for body_name in MOVABLE_BODIES:
       for target in targets[body_name]:
-        spec.add_pair(geomname1=robot_geom, geomname2=target, condim=4, friction=_FRICTION, solimp=_GRIP_SOLIMP)
+        spec.add_pair(geomname1=robot_geom, geomname2=target, condim=4, friction=_GRIP_FRICTION, solimp=_GRIP_SOLIMP)
   # The stock kettle_collision class's contact parameters.
   for foot in feet:
     for support in [g.name for g in supports] + ['floor']:
