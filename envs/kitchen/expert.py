@@ -74,9 +74,9 @@ class ElementMotion:
 # Grasp offsets keep the finger tips (5-6 cm past the end-effector site) off the panel behind a handle:
 # a knob's grip bar is 2.5 cm in front of its plate.
 MOTIONS = {
-    'bottom burner': ElementMotion('knob2_site', FORWARD, speed=0.08, grasp_offset=(-0.038, -0.035, 0.038), grip=False,
+    'bottom burner': ElementMotion('knob2_site', FORWARD, speed=0.08, grasp_offset=(-0.038, -0.035, 0.03), grip=False,
                                    press=(0.06, 0.0, 0.0)),
-    'top burner': ElementMotion('knob4_site', FORWARD, speed=0.08, grasp_offset=(-0.038, -0.035, 0.038), grip=False,
+    'top burner': ElementMotion('knob4_site', FORWARD, speed=0.08, grasp_offset=(-0.038, -0.035, 0.03), grip=False,
                                 press=(0.06, 0.0, 0.0)),
     'light switch': ElementMotion('light_site', FORWARD, speed=0.06, grasp_offset=(0.041, -0.02, 0.0), grip=False,
                                   press=(-0.06, 0.0, 0.0)),
@@ -92,7 +92,7 @@ MOTIONS = {
 @dataclasses.dataclass(frozen=True)
 class ExpertConfig:
   gain: float = 0.4  # fraction of the task-space error corrected per control step
-  integral_gain: float = 0.1  # of the summed position error, against steady loads while manipulating
+  integral_gain: float = 0.1  # of the summed position error, against steady loads on a grasped element
   max_integral: float = 0.3  # m
   damping: float = 0.05  # DLS damping (lambda)
   max_joint_step: float = 0.16  # rad per control step (action 1)
@@ -298,7 +298,10 @@ class Expert:
     hold_mat = jnp.where(turn, site_mat @ self._hold_rot[element], self._orientation[element])
     desired = self._kinematics(self._desired(element, qpos, self._speed[element] * state.speed))
     desired_mat = desired.site_xmat[site]
-    manipulate_pos = desired.site_xpos[site] + desired_mat @ (state.grasp + self._press[element])
+    # The press eases off near the goal, so that a pushed knob does not overshoot it.
+    distance = tasks.element_distances(qpos)[element]
+    press = self._press[element] * jnp.clip(distance / 0.3, 0.2, 1.0)
+    manipulate_pos = desired.site_xpos[site] + desired_mat @ (state.grasp + press)
     manipulate_mat = jnp.where(turn, desired_mat @ self._hold_rot[element], self._orientation[element])
     retreat = hold_pos - self._approach[element] * hold_mat[:, 2]
 
@@ -311,7 +314,6 @@ class Expert:
     orientation_error = _orientation_error(ee_mat, target_mat)
 
     # Phase transitions.
-    distance = tasks.element_distances(qpos)[element]
     lost = jnp.linalg.norm(ee_pos - hold_pos) > 0.05
     reached = (position_error < c.position_tolerance) & (jnp.linalg.norm(orientation_error) < 0.1)
     posture = jnp.clip(self._pre_grasp[element] + state.offset, self._low, self._high)
@@ -335,7 +337,7 @@ class Expert:
         timer=jnp.where(changed, 0, state.timer + jnp.where(paused, 0, 1)),
         pause=jnp.where(changed, jax.random.randint(pause_key, (), 0, c.max_pause + 1), jnp.maximum(state.pause - 1, 0)),
         retry_at=jnp.where(changed & (phase == MANIPULATE), -1, state.retry_at),
-        integral=jnp.where(changed | (phase != MANIPULATE), 0.0,
+        integral=jnp.where(changed | (phase != MANIPULATE) | ~self._grip[element], 0.0,
                            _cap(state.integral + target_pos - ee_pos, c.max_integral)),
         key=key)
     advanced = new.replace(index=state.index + 1)
