@@ -1,23 +1,24 @@
 """A scripted, privileged expert for the kitchen: pure JAX, per-env phase machine, any backend.
 
-Each element is manipulated the same way. The expert grasps the element's handle (its site), then
-drives a *desired element state* from the current one toward the goal a little every step and moves
-the hand to where the grasped point would be at that desired state, found by forward kinematics of
-the model itself; the element follows the hand. Phases per element: approach a pre-grasp posture and
-reach the grasp posture (joint-space moves to postures solved once by IK), close the gripper,
-manipulate, open, retreat. Hand motion is damped-least-squares IK on the
-end-effector site's Jacobian (forward-mode derivatives of MJX kinematics), with gravity compensation
-from the gradient of the arm's potential energy; the result is expressed in the env's own action
-space (velocity actions, [-1, 1]^9), so demos replay as actions.
+Each element is manipulated the same way. The hand holds a pose fixed in the frame of the element's
+handle site (taken from the reset scene): a grasp with open-then-closed fingers (slide, doors, kettle)
+or a push with closed fingers beside a lever (knobs, switch). While manipulating, the expert drives a
+*desired element state* from the current one toward the goal a little every step and moves the hand to
+where its held pose would be at that desired state, found by forward kinematics of the model itself;
+the element follows the hand. A per-element *press* offset, eased off near the goal, supplies the force
+that a pushed lever or a pulled door needs, and integral action on grasped elements removes the
+steady error of a loaded hand.
+
+Phases per element: approach (a joint-space move to a pre-grasp posture solved once by IK, chosen far
+from the joint limits), reach (Cartesian, to the held pose), close, manipulate, release, retreat. An
+element that is not complete after the retreat is tried again. Hand motion is damped-least-squares IK
+on the end-effector site's Jacobian (forward-mode derivatives of MJX kinematics) with gravity
+compensation from the gradient of the arm's potential energy; the result is expressed in the env's own
+action space (velocity actions, [-1, 1]^9), so demos replay as actions.
 
 The randomness that makes the play varied is drawn per demo from the expert's key: approach offsets,
-manipulation speed, short pauses between phases and an occasional retreat-and-retry.
-
-Status (issue #3, in progress; nothing uses this module yet). From reset, in a 160-step probe: the
-slide cabinet completes; the knobs are grasped but turn only ~0.002 rad per step (the wrist barely
-rolls: check the IK's joint-limit freezing); the light switch is grasped but does not turn; the microwave
-opens to 0.31 of its goal distance and stalls (the handle slides in the fingers); the kettle is
-grasped but not lifted; the hinge door's grasp posture puts the hand against the door panel.
+grasp points, manipulation speed, short pauses between phases and an occasional retreat-and-retry.
+Success rates and timings: BUILD_NOTES.md ("Scripted expert").
 """
 
 import dataclasses
@@ -175,7 +176,6 @@ class Expert:
     self._kettle_idx = np.array(tasks.ELEMENT_INDICES['kettle'])
     self._kp = jnp.asarray(model.actuator_gainprm[:ARM_DOF, 0], jnp.float32)
     self._weight = jnp.asarray(-model.body_mass[:, None] * model.opt.gravity[None], jnp.float32)  # [nbody, 3]
-    self._nominal = jnp.asarray(tasks.INIT_QPOS[:ARM_DOF], jnp.float32)
     limits = model.jnt_range[:ARM_DOF]
     self._low = jnp.asarray(limits[:, 0] + _LIMIT_MARGIN, jnp.float32)
     self._high = jnp.asarray(limits[:, 1] - _LIMIT_MARGIN, jnp.float32)
