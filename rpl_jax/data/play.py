@@ -5,7 +5,9 @@ A candidate demo is a (seed, plan) pair. Its int seed gives the env's reset key 
 (`demo_keys`), so a demo replays from its seed, its plan's goal, its actions and the env config it was
 recorded with. Candidate j of shard i of a run with seed s is drawn from (s, i, j) alone
 (`candidates`), so a shard's content does not depend on what other shards did: a resumed run writes
-the shards it would have written uninterrupted.
+the shards it would have written uninterrupted. That takes the same PlayConfig, batch size included:
+XLA rounds the batched expert differently for another batch shape (1e-6 in an action), and the
+closed loop grows that into another trajectory within a few dozen steps.
 
 A rollout runs `max_steps + extra_steps` control steps. It becomes a demo if all four plan elements
 are complete together (in the true state) within `max_steps` steps; the demo ends `extra_steps` steps
@@ -43,10 +45,12 @@ class PlayConfig:
   orderings: tuple[str, ...] = tasks.ALL_ORDERINGS  # plans are drawn uniformly from these
   max_steps: int = 500  # control steps to complete all four elements
   extra_steps: int = 5  # kept after the step that completes the fourth element
+  batch_size: int = 64  # candidates rolled out together
 
   def __post_init__(self):
-    if self.max_steps < 1 or self.extra_steps < 0:
-      raise ValueError(f'need max_steps >= 1 and extra_steps >= 0, got {self.max_steps} and {self.extra_steps}.')
+    if self.max_steps < 1 or self.extra_steps < 0 or self.batch_size < 1:
+      raise ValueError(f'need max_steps >= 1, extra_steps >= 0 and batch_size >= 1, got {self.max_steps}, '
+                       f'{self.extra_steps} and {self.batch_size}.')
     parse_orderings(self.orderings)
 
   @property
@@ -134,7 +138,8 @@ def _all_complete_within(completion: np.ndarray, max_steps: int) -> np.ndarray:
   return completion[:, :max_steps + 1].all(axis=-1)
 
 
-def cut(completion: np.ndarray, nonfinite: np.ndarray, max_steps: int, extra_steps: int) -> tuple[np.ndarray, np.ndarray]:
+def cut(completion: np.ndarray, nonfinite: np.ndarray, max_steps: int,
+        extra_steps: int) -> tuple[np.ndarray, np.ndarray]:
   """Demo lengths T (int32 [B]) and outcomes (int [B], indices into REASONS) of rollouts with
   `completion` bool [B, S+1, 4] and `nonfinite` bool [B, S], S >= max_steps + extra_steps.
 
@@ -143,9 +148,11 @@ def cut(completion: np.ndarray, nonfinite: np.ndarray, max_steps: int, extra_ste
   completion, nonfinite = np.asarray(completion, bool), np.asarray(nonfinite, bool)
   num_steps = nonfinite.shape[1]
   if completion.ndim != 3 or completion.shape[:2] != (len(nonfinite), num_steps + 1):
-    raise ValueError(f'completion must be [B, S+1, 4] for nonfinite [B, S] = {nonfinite.shape}, got {completion.shape}.')
+    raise ValueError(f'completion must be [B, S+1, 4] for nonfinite [B, S] = {nonfinite.shape}, '
+                     f'got {completion.shape}.')
   if num_steps < max_steps + extra_steps:
-    raise ValueError(f'rollouts of {num_steps} steps are shorter than max_steps + extra_steps = {max_steps + extra_steps}.')
+    raise ValueError(f'rollouts of {num_steps} steps are shorter than max_steps + extra_steps = '
+                     f'{max_steps + extra_steps}.')
   done = _all_complete_within(completion, max_steps)
   reached = done.any(axis=1)
   lengths = np.where(reached, np.maximum(done.argmax(axis=1) + extra_steps, 1), max_steps).astype(np.int32)
@@ -252,8 +259,8 @@ class PlayStats:
     lengths = np.array(self.kept_lengths)
     return {
         'rollouts': self.rollouts,
-        'kept': len(lengths),
-        'surplus_accepted': self.surplus,
+        'accepted': len(lengths),
+        'surplus_accepted': self.surplus,  # beyond what their shard needed: not saved
         'four_element_success_rate': self.reached / max(self.rollouts, 1),
         'rejected': self.rejected,
         'rejections': {REASONS[i]: int(self.outcomes[i]) for i in range(ACCEPTED + 1, len(REASONS))},
@@ -277,18 +284,18 @@ class TooManyRollouts(RuntimeError):
   """The rollout budget ran out before enough demos were accepted."""
 
 
-def play_shard(player: Player, seed: int, shard: int, num_demos: int, batch_size: int, stats: PlayStats,
-               max_rollouts: int, on_batch: Callable[[], None] = lambda: None) -> Batch:
-  """Candidates of shard `shard`, batch after batch, until `num_demos` are accepted; returns the
-  accepted ones (in candidate order) as one Batch. Raises TooManyRollouts once `stats.rollouts`
-  reaches `max_rollouts`. `on_batch` is called after each batch (progress reports)."""
+def play_shard(player: Player, seed: int, shard: int, num_demos: int, stats: PlayStats, max_rollouts: int,
+               on_batch: Callable[[], None] = lambda: None) -> Batch:
+  """Candidates of shard `shard`, batch after batch (of the config's batch_size), until `num_demos`
+  are accepted; returns the accepted ones (in candidate order) as one Batch. Raises TooManyRollouts
+  once `stats.rollouts` reaches `max_rollouts`. `on_batch` is called after each batch (progress)."""
   kept, count, start = [], 0, 0
   while count < num_demos:
     if stats.rollouts >= max_rollouts:
       raise TooManyRollouts(f'gave up after {stats.rollouts} rollouts ({stats.outcomes[ACCEPTED]} accepted); '
                             f'rejections: {stats.summary()["rejections"]}.')
-    batch = player.play(*candidates(seed, shard, start, batch_size, player.plans))
-    start += batch_size
+    batch = player.play(*candidates(seed, shard, start, player.config.batch_size, player.plans))
+    start += player.config.batch_size
     stats.add(batch, num_demos - count)
     accepted = np.flatnonzero(batch.outcomes == ACCEPTED)[:num_demos - count]
     kept.append(Batch(*(x[accepted] for x in batch)))
