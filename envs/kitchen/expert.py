@@ -101,6 +101,7 @@ class ExpertConfig:
   max_hand_step: float = 0.08  # m of position error taken per step
   max_turn_step: float = 0.4  # rad of orientation error taken per step
   position_tolerance: float = 0.01  # m: grasp or retreat point reached
+  lost_distance: float = 0.05  # m between the hand and its held pose at which a grasp counts as lost
   approach_noise: float = 0.02  # rad: uniform per-joint offset of the pre-grasp posture
   grasp_noise: float = 0.004  # m: uniform per-axis offset of the grasp point
   speed_range: tuple[float, float] = (0.7, 1.3)  # per-demo factor on manipulation speed
@@ -316,7 +317,7 @@ class Expert:
     orientation_error = _orientation_error(ee_mat, target_mat)
 
     # Phase transitions.
-    lost = jnp.linalg.norm(ee_pos - hold_pos) > 0.05
+    lost = jnp.linalg.norm(ee_pos - hold_pos) > c.lost_distance
     reached = (position_error < c.position_tolerance) & (jnp.linalg.norm(orientation_error) < 0.15)
     posture = jnp.clip(self._pre_grasp[element] + state.offset, self._low, self._high)
     at_posture = jnp.abs(posture - qpos[:ARM_DOF]).max() < 0.05
