@@ -31,7 +31,8 @@ def _renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Renderer
       return mujoco.Renderer(model, height, width)
     except Exception as e:  # mujoco.FatalError, or the platform library's own error
       details = '; '.join(dict.fromkeys([str(e)] + [str(w.message) for w in caught]))
-      raise RenderError(f'cannot render offscreen: no working OpenGL platform ({details}). To fix: {NO_GL_ADVICE}.') from e
+      raise RenderError(f'cannot render offscreen: no working OpenGL platform ({details}). '
+                        f'To fix: {NO_GL_ADVICE}.') from e
 
 
 def check_gl(model: mujoco.MjModel) -> None:
