@@ -105,7 +105,7 @@ class ExpertConfig:
   approach_noise: float = 0.02  # rad: uniform per-joint offset of the pre-grasp posture
   grasp_noise: float = 0.004  # m: uniform per-axis offset of the grasp point
   speed_range: tuple[float, float] = (0.7, 1.3)  # per-demo factor on manipulation speed
-  max_pause: int = 3  # steps of a random pause between phases
+  max_pause: int = 2  # steps of a random pause between phases
   retry_probability: float = 0.1  # per element: release and retreat once midway, then start again
   close_steps: int = 4
   release_steps: int = 3
@@ -211,8 +211,9 @@ class Expert:
   def _solve_postures(self, backoff: jax.Array, starts: jax.Array, iterations: int = 200):
     """Arm postures ([7 elements, 7]) that put the hand at each element's grasp pose at reset, backed
     off by `backoff` ([7], m) along the gripper axis: kinematic DLS iterations from each of `starts`
-    ([7, seeds, 7]), each pulled in the null space toward its start. Of the solutions within 5 mm, the one farthest from the joint limits wins, so
-    that manipulation from it has room to move. Also returns the remaining pose errors."""
+    ([7, seeds, 7]), each pulled in the null space toward its start. Of the solutions within 5 mm and
+    0.3 rad of every joint limit (room to manipulate), the one nearest the reset posture wins, which keeps
+    the joint-space moves between elements short. Also returns the remaining pose errors."""
     qpos = jnp.asarray(tasks.INIT_QPOS, jnp.float32)
     sites = self._kinematics(qpos).site_xpos[self._sites]
     targets = sites + self._grasp_offset - backoff[:, None] * self._orientation[:, :, 2]
@@ -230,7 +231,8 @@ class Expert:
 
     q, error = jax.jit(jax.vmap(jax.vmap(solve, (None, None, 0))))(targets, self._orientation, starts)
     margin = jnp.minimum(q - self._low, self._high - q).min(axis=-1)
-    best = jnp.argmin(jnp.where(error < 0.005, -margin, 10.0 + error), axis=1)
+    travel = jnp.abs(q - qpos[:ARM_DOF]).max(axis=-1)
+    best = jnp.argmin(jnp.where(error < 0.005, jnp.where(margin > 0.3, travel, 10.0 - margin), 20.0 + error), axis=1)
     rows = jnp.arange(len(tasks.ELEMENTS))
     return q[rows, best], np.asarray(error[rows, best])
 
@@ -320,7 +322,7 @@ class Expert:
     lost = jnp.linalg.norm(ee_pos - hold_pos) > c.lost_distance
     reached = (position_error < c.position_tolerance) & (jnp.linalg.norm(orientation_error) < 0.15)
     posture = jnp.clip(self._pre_grasp[element] + state.offset, self._low, self._high)
-    at_posture = jnp.abs(posture - qpos[:ARM_DOF]).max() < 0.05
+    at_posture = jnp.abs(posture - qpos[:ARM_DOF]).max() < 0.1
     timed_out = state.timer >= c.phase_timeout
     next_phase = jnp.select(
         [phase == APPROACH, phase == REACH, phase == CLOSE, phase == MANIPULATE, phase == RELEASE, phase == RETREAT],
