@@ -34,7 +34,7 @@ _OUT_DIR = flags.DEFINE_string('out_dir', 'data/play', 'Dataset directory.')
 _ORDERINGS = flags.DEFINE_list('orderings', list(tasks.ALL_ORDERINGS),
                                'Element orderings to draw plans from, e.g. microwave-kettle-topknob-hinge.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Parallel envs per rollout batch (a resumed run needs the same).')
-_MAX_STEPS = flags.DEFINE_integer('max_steps', 500, 'Control steps allowed to complete the four elements.')
+_MAX_STEPS = flags.DEFINE_integer('max_steps', 700, 'Control steps allowed to complete the four elements.')
 _EXTRA_STEPS = flags.DEFINE_integer('extra_steps', 5, 'Steps kept after the fourth element completes.')
 _RESET_NOISE = flags.DEFINE_float('reset_noise_scale', 0.005, 'Uniform noise on the reset qpos.')
 _DEMOS_PER_SHARD = flags.DEFINE_integer('demos_per_shard', 100, 'Demos per dataset shard.')
