@@ -62,8 +62,8 @@ def _yawed(orientation: np.ndarray, angle: float) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class ElementMotion:
-  site: str  # the handle's site; the hand grasps it
-  orientation: np.ndarray  # gripper orientation while grasping
+  site: str  # the handle's site; the hand's held pose is fixed in its frame
+  orientation: np.ndarray  # gripper orientation (world) at the held pose, in the reset scene
   speed: float  # element coordinate change per control step while manipulating (rad or m)
   grasp_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # hand minus site at grasp (world, m, at reset)
   grip: bool = True  # grasp the handle with open fingers, then close; else push with closed fingers
@@ -72,8 +72,8 @@ class ElementMotion:
   approach: float = 0.10  # pre-grasp distance back along the gripper axis (m)
 
 
-# Grasp offsets keep the finger tips (5-6 cm past the end-effector site) off the panel behind a handle:
-# a knob's grip bar is 2.5 cm in front of its plate.
+# Grasp offsets put the closed fingers beside the top of a knob's grip bar or the switch lever's tip, and
+# keep the finger tips (5 cm past the end-effector site) off the panel behind a handle.
 MOTIONS = {
     'bottom burner': ElementMotion('knob2_site', FORWARD, speed=0.08, grasp_offset=(-0.038, -0.035, 0.03), grip=False,
                                    press=(0.06, 0.0, 0.0)),
@@ -83,8 +83,7 @@ MOTIONS = {
                                   press=(-0.06, 0.0, 0.0)),
     'slide cabinet': ElementMotion('slide_site', FORWARD, speed=0.03),
     'hinge cabinet': ElementMotion('hinge_site2', FORWARD, speed=0.06, press=(0.0, -0.05, 0.0), turn=True),
-    # The microwave stands turned 0.3 rad toward the robot. The hand comes from the right of the handle
-    # with the fingers across the door's normal, so that the pull bears on the back finger.
+    # The microwave stands turned 0.3 rad toward the robot; the hand faces its door.
     'microwave': ElementMotion('microhandle_site', _yawed(FORWARD, 0.3), speed=0.05, grasp_offset=(0.0015, -0.005, 0.0),
                                 press=(0.01, -0.03, 0.0), turn=True),
     'kettle': ElementMotion('kettle_site', DOWN, speed=0.03, press=(0.0, 0.02, 0.0)),
@@ -354,7 +353,7 @@ class Expert:
     error = (c.gain * error + c.integral_gain * jnp.concatenate([state.integral, jnp.zeros(3)])) * jnp.where(
         paused | state.done, 0.0, 1.0)
     dq = self._ik(jacobian, error, qpos[:ARM_DOF], self._pre_grasp[element])
-    # Approach and reach are joint-space moves to postures solved once for each element.
+    # The approach is a joint-space move to the posture solved once for each element.
     to_posture = (posture - qpos[:ARM_DOF]) * jnp.where(paused | state.done, 0.0, 1.0)
     to_posture = _cap_abs(to_posture, c.max_joint_step * jnp.minimum(state.speed, 1.0))
     dq = jnp.where(phase == APPROACH, to_posture, dq)
