@@ -41,10 +41,8 @@ _KETTLE_BASE = ('kettleroot', mujoco.mjtGeom.mjGEOM_BOX)
 _KETTLE_SUPPORTS = (('ovenroot', mujoco.mjtGeom.mjGEOM_BOX, (0.5, 0.625, 0.81)),)
 _FOOT_RADIUS = 0.01
 _FRICTION = [1.0, 1.0, 0.005, 0.0001, 0.0001]  # 2 sliding, torsional, 2 rolling (MuJoCo's defaults)
-# Hand contacts: impedance close to 1, so that a held handle does not creep through the fingers under a
-# sustained load (with the default 0.9-0.95 a lifted kettle slid ~5 mm/s down the pads), and a torsional
-# friction length of a finger pad's width (with 0.005 a grasped kettle pivoted about the pad contacts).
-_GRIP_SOLIMP = [0.99, 0.999, 0.001, 0.5, 2.0]
+# Hand contacts: a torsional friction length of a finger pad's width (with 0.005 a grasped kettle pivoted
+# about the line between the two pad contacts).
 _GRIP_FRICTION = [1.0, 1.0, 0.02, 0.0001, 0.0001]  # torsional: a 2 cm finger pad
 
 _INTEGRATORS = {
@@ -189,7 +187,7 @@ def build_spec(physics: PhysicsConfig = PhysicsConfig()) -> mujoco.MjSpec:
   for robot_geom in ROBOT_COLLIDER_NAMES:
     for body_name in MOVABLE_BODIES:
       for target in targets[body_name]:
-        spec.add_pair(geomname1=robot_geom, geomname2=target, condim=4, friction=_GRIP_FRICTION, solimp=_GRIP_SOLIMP)
+        spec.add_pair(geomname1=robot_geom, geomname2=target, condim=4, friction=_GRIP_FRICTION)
   # The stock kettle_collision class's contact parameters.
   for foot in feet:
     for support in [g.name for g in supports] + ['floor']:
