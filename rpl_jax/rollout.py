@@ -1,0 +1,105 @@
+"""Hierarchical rollout: one `lax.scan` over an episode of the kitchen env.
+
+The high level acts every `horizon` steps (at t = 0, H, 2H, ...): it reads the observation and the
+episode's goal and emits a subgoal, which is held in the scan's carry until its next decision. The
+low level acts every step on the observation and the current subgoal. A flat policy (the GCBC
+baselines) is the same rollout without a high level: its "subgoal" is the goal itself.
+
+Policies are inference functions `(obs, goal, key) -> output` (networks.GaussianPolicy.policy), so
+the rollout knows nothing about parameters; bind `deterministic=True` in them for the mean policy.
+The rollout is pure and reaches the env only through `reset`/`step`: vmap it over envs and goals,
+on any backend.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rpl_jax import networks
+
+Policy = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Agent:
+  """The static structure of a (hierarchical) goal-conditioned agent. Its parameters and normalizers
+  are dicts keyed 'low' (and 'high' when there is a high level)."""
+  low: networks.GaussianPolicy  # (obs, subgoal) -> action
+  high: networks.GaussianPolicy | None  # (obs, goal) -> subgoal; None for a flat policy
+  horizon: int  # H: steps between high-level decisions
+
+  def __post_init__(self):
+    if self.horizon < 1:
+      raise ValueError(f'the high-level horizon H must be >= 1, got {self.horizon}.')
+
+  @property
+  def by_level(self) -> dict[str, networks.GaussianPolicy]:
+    return {'low': self.low} if self.high is None else {'low': self.low, 'high': self.high}
+
+  @property
+  def levels(self) -> tuple[str, ...]:
+    return tuple(self.by_level)
+
+  def policies(self, params: dict[str, Any], normalizers: dict[str, Any], deterministic: bool):
+    """The inference functions (low, high or None) for these parameters."""
+    bound = {}
+    for level, network in self.by_level.items():
+      act = network.policy(params[level], normalizers[level])
+      bound[level] = functools.partial(act, deterministic=deterministic)
+    return bound['low'], bound.get('high')
+
+
+class Trajectory(NamedTuple):
+  observations: jax.Array  # [T+1, obs]: the reset observation first
+  actions: jax.Array  # [T, 9]
+  subgoals: jax.Array  # [T, 30]: the subgoal the low level acted on at each step
+  completed: jax.Array  # bool [T+1, 7]: elements of the goal completed so far (sticky, as the env counts)
+  step_completion: jax.Array  # [T+1]: completed goal elements (0-4)
+  success: jax.Array  # [T+1]: all goal elements completed
+  nan_physics: jax.Array  # [T]: the physics diverged at this step (the env kept the last good state)
+
+
+def hierarchical_rollout(env, low: Policy, high: Policy | None, horizon: int, num_steps: int, key: jax.Array,
+                         goal: jax.Array) -> Trajectory:
+  """Runs one episode of `num_steps` steps toward `goal` ([30]) from a reset drawn from `key`.
+  `high=None` runs `low` as a flat goal-conditioned policy. `horizon` and `num_steps` are static."""
+  if horizon < 1 or num_steps < 1:
+    raise ValueError(f'need horizon >= 1 and num_steps >= 1, got {horizon} and {num_steps}.')
+  reset_key, key = jax.random.split(key)
+  state = env.reset(reset_key, goal)
+
+  def step(carry, t):
+    state, subgoal, key = carry
+    key, high_key, low_key = jax.random.split(key, 3)
+    if high is not None:
+      subgoal = jax.lax.cond(t % horizon == 0, lambda: high(state.obs, goal, high_key), lambda: subgoal)
+    action = low(state.obs, subgoal, low_key)
+    state = env.step(state, action)
+    record = (state.obs, action, subgoal, state.info['completed'], state.metrics['step_completion'],
+              state.metrics['success'], state.metrics['nan_physics'])
+    return (state, subgoal, key), record
+
+  carry = (state, jnp.asarray(goal, jnp.float32), key)
+  observations, actions, subgoals, completed, step_completion, success, nan_physics = jax.lax.scan(
+      step, carry, jnp.arange(num_steps))[1]
+
+  def with_reset(first, rest):
+    return jnp.concatenate([first[None], rest])
+
+  return Trajectory(with_reset(state.obs, observations), actions, subgoals,
+                    with_reset(state.info['completed'], completed),
+                    with_reset(state.metrics['step_completion'], step_completion),
+                    with_reset(state.metrics['success'], success), nan_physics)
+
+
+def agent_rollout(env, agent: Agent, params, normalizers, keys: jax.Array, goals: jax.Array, num_steps: int,
+                  deterministic: bool) -> Trajectory:
+  """Episodes of `agent` for a batch of keys [B] and goals [B, 30] (vmapped). Pure: jit it with env,
+  agent, num_steps and deterministic bound (functools.partial); the parameters stay arguments."""
+  low, high = agent.policies(params, normalizers, deterministic)
+  run = lambda key, goal: hierarchical_rollout(env, low, high, agent.horizon, num_steps, key, goal)
+  return jax.vmap(run)(keys, goals)

@@ -1,0 +1,163 @@
+"""Imitation training: relay imitation learning (RIL) and the flat GCBC baselines, one compiled step.
+
+RIL maximises the paper's Eq. 1, E_{D_l}[log pi_l(a | s, s_g^l)] + E_{D_h}[log pi_h(s_g^l | s, s_g^h)],
+over tuples drawn on the device by the relay relabeling samplers (rpl_jax.relabel): the low level on
+Algorithm 2's (s_t, a_t, s_{t+w}), w <= W_l, the high level on Algorithm 3's
+(s_t, s_{t+min(w, W_l)}, s_{t+w}), w <= W_h. The baselines train one flat goal-conditioned policy:
+`gcbc` with relabeling (Algorithm 2's tuples over one window, W_h) and `gcbc_final` without (the
+goal is the demo's final state).
+
+`make_train_step` returns one pure function that runs `updates_per_step` Adam updates of every
+level per call (a `lax.scan` over minibatches that the samplers draw inside the step); jit it with
+the state donated (`jit_train_step`). Shapes never change between calls, so it compiles once.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from envs.kitchen import ACTION_DIM, tasks
+from rpl_jax import networks, relabel
+from rpl_jax.relabel import RelabelConfig
+from rpl_jax.data.demos import PaddedDemos
+from rpl_jax.rollout import Agent
+
+METHODS = ('ril', 'gcbc', 'gcbc_final')
+
+
+@dataclasses.dataclass(frozen=True)
+class BCConfig:
+  method: str = 'ril'  # one of METHODS
+  relabel: RelabelConfig = RelabelConfig()
+  policy: networks.PolicyConfig = networks.PolicyConfig()
+  batch_size: int = 256  # tuples per level per update
+  updates_per_step: int = 50  # gradient updates per call of the compiled step (K)
+  learning_rate: float = 1e-3
+  max_grad_norm: float = 10.0
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f'unknown method {self.method!r}; choose from {METHODS}.')
+    for name in ('batch_size', 'updates_per_step'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
+    if not (self.learning_rate > 0 and self.max_grad_norm > 0):
+      raise ValueError(f'learning_rate and max_grad_norm must be positive, got {self.learning_rate} and '
+                       f'{self.max_grad_norm}.')
+
+
+@struct.dataclass
+class BCState:
+  params: dict[str, Any]  # per level ('low', 'high')
+  normalizers: dict[str, networks.PolicyNormalizer]  # per level, fitted to the demos; not trained
+  opt_state: Any
+  key: jax.Array
+  updates: jax.Array  # int32: gradient updates done
+
+
+def make_agent(config: BCConfig) -> Agent:
+  """RIL's two levels, or the baselines' one flat policy, over 30-d states and goals."""
+  low = networks.make_policy(tasks.NQ, tasks.NQ, ACTION_DIM, config.policy)
+  high = networks.make_policy(tasks.NQ, tasks.NQ, tasks.NQ, config.policy) if config.method == 'ril' else None
+  return Agent(low, high, config.relabel.horizon)
+
+
+def fit_normalizers(agent: Agent, demos: PaddedDemos) -> dict[str, networks.PolicyNormalizer]:
+  """Observation and goal normalizers from the demos' valid states (padding excluded); the high
+  level's subgoal output uses the same state normalizer, the low level's actions none."""
+  observations, lengths = np.asarray(demos.observations), np.asarray(demos.lengths)
+  valid = np.arange(observations.shape[1])[None, :] <= lengths[:, None]
+  fitted = networks.fit_normalizer(observations[valid])
+
+  def states():  # a copy per use: the compiled step donates the state, and a buffer can be donated only once
+    return jax.tree.map(jnp.copy, fitted)
+
+  normalizers = {'low': networks.PolicyNormalizer(states(), states(), networks.identity_normalizer(ACTION_DIM))}
+  if agent.high is not None:
+    normalizers['high'] = networks.PolicyNormalizer(states(), states(), states())
+  return normalizers
+
+
+def _samplers(config: BCConfig) -> dict[str, Any]:
+  """Per level: key, demos -> (observations, goals, targets) of one minibatch."""
+  r, b = config.relabel, config.batch_size
+
+  def low(window):
+    def sample(key, demos):
+      batch = relabel.sample_low(key, demos, window, b)
+      return batch.observations, batch.goals, batch.actions
+    return sample
+
+  def final(key, demos):
+    batch = relabel.sample_final(key, demos, b)
+    return batch.observations, batch.goals, batch.actions
+
+  def high(key, demos):
+    batch = relabel.sample_high(key, demos, r.window_low, r.window_high, b)
+    return batch.observations, batch.goals, batch.subgoals
+
+  if config.method == 'ril':
+    return {'low': low(r.window_low), 'high': high}
+  return {'low': low(r.window_high) if config.method == 'gcbc' else final}
+
+
+def make_optimizer(config: BCConfig) -> optax.GradientTransformation:
+  return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate))
+
+
+def init_state(agent: Agent, config: BCConfig, demos: PaddedDemos, key: jax.Array) -> BCState:
+  """Fresh parameters, normalizers fitted to `demos`, and the optimizer state."""
+  relabel.check_windows(config.relabel, demos.lengths)
+  key, *level_keys = jax.random.split(key, 1 + len(agent.levels))
+  params = {level: network.init(k) for (level, network), k in zip(agent.by_level.items(), level_keys)}
+  return BCState(params=params, normalizers=fit_normalizers(agent, demos),
+                 opt_state=make_optimizer(config).init(params), key=key, updates=jnp.zeros((), jnp.int32))
+
+
+def make_train_step(agent: Agent, config: BCConfig):
+  """`step(state, demos) -> (state, metrics)`: `updates_per_step` updates of every level. Metrics are
+  means over those updates: the negative log-likelihood of each level ('nll_low', 'nll_high') and the
+  gradient norm."""
+  samplers = _samplers(config)
+  optimizer = make_optimizer(config)
+
+  def loss(params, normalizers, batches):
+    nll = {level: -jnp.mean(network.log_prob(params[level], normalizers[level], *batches[level]))
+           for level, network in agent.by_level.items()}
+    return sum(nll.values()), nll
+
+  def update(carry, key):
+    params, opt_state, normalizers, demos = carry
+    keys = dict(zip(agent.levels, jax.random.split(key, len(agent.levels))))
+    batches = {level: samplers[level](keys[level], demos) for level in agent.levels}
+    (_, nll), grads = jax.value_and_grad(loss, has_aux=True)(params, normalizers, batches)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    metrics = {f'nll_{level}': value for level, value in nll.items()}
+    metrics['grad_norm'] = optax.global_norm(grads)
+    return (optax.apply_updates(params, updates), opt_state, normalizers, demos), metrics
+
+  def step(state: BCState, demos: PaddedDemos):
+    key, *update_keys = jax.random.split(state.key, 1 + config.updates_per_step)
+    carry = (state.params, state.opt_state, state.normalizers, demos)
+    (params, opt_state, _, _), metrics = jax.lax.scan(update, carry, jnp.stack(update_keys))
+    state = state.replace(params=params, opt_state=opt_state, key=key,
+                          updates=state.updates + config.updates_per_step)
+    return state, jax.tree.map(jnp.mean, metrics)
+
+  return step
+
+
+def jit_train_step(agent: Agent, config: BCConfig):
+  """The compiled step, with the training state's buffers donated."""
+  return jax.jit(make_train_step(agent, config), donate_argnums=0)
+
+
+def device_demos(demos: PaddedDemos) -> PaddedDemos:
+  """The demos as device arrays, for the samplers."""
+  return PaddedDemos(*(jnp.asarray(x) for x in demos))
+

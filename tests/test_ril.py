@@ -1,0 +1,223 @@
+"""RIL and GCBC: the compiled BC step, the hierarchical rollout and the evaluation tables."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+from jax.flatten_util import ravel_pytree
+
+from envs.kitchen import ACTION_DIM, KitchenConfig, KitchenEnv, tasks
+from rpl_jax import evaluation, networks, relabel, rollout, train
+from rpl_jax.data import Demo, pad_demos
+
+SMALL = networks.PolicyConfig(hidden=(32, 32))
+
+
+def _demos(lengths=(40, 55, 70), seed=0):
+  """Smooth synthetic trajectories whose actions are a fixed linear function of state and goal."""
+  rng = np.random.default_rng(seed)
+  demos = []
+  for t in lengths:
+    start, end = rng.normal(size=(2, tasks.NQ))
+    obs = start + np.linspace(0, 1, t + 1)[:, None] * (end - start)
+    actions = np.tanh(0.5 * (obs[1:, :ACTION_DIM] - obs[:-1, :ACTION_DIM]) * t)
+    demos.append(Demo(obs.astype(np.float32), actions.astype(np.float32)))
+  return pad_demos(demos)
+
+
+def _config(method='ril', **kwargs):
+  return train.BCConfig(method=method, relabel=relabel.RelabelConfig(5, 20, 4), policy=SMALL, batch_size=64,
+                        **kwargs)
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+
+def _dataset_log_likelihood(agent, state, demos, config):
+  """Mean log-likelihood of every relabeled tuple (exact enumeration), per level: Eq. 1's two terms."""
+  low = relabel.enumerate_low(demos, config.relabel.window_low)
+  high = relabel.enumerate_high(demos, config.relabel.window_low, config.relabel.window_high)
+  return {
+      'low': float(jnp.mean(agent.low.log_prob(state.params['low'], state.normalizers['low'], low.observations,
+                                               low.goals, low.actions))),
+      'high': float(jnp.mean(agent.high.log_prob(state.params['high'], state.normalizers['high'],
+                                                 high.observations, high.goals, high.subgoals)))}
+
+
+def test_ril_step_raises_both_terms_of_eq1_on_the_exact_relabeled_data():
+  demos = _demos()
+  config = _config(updates_per_step=25, learning_rate=3e-3)
+  agent = train.make_agent(config)
+  state = train.init_state(agent, config, demos, jax.random.key(0))
+  before = _dataset_log_likelihood(agent, state, demos, config)
+  step = train.jit_train_step(agent, config)
+  device = train.device_demos(demos)
+  for _ in range(8):
+    state, metrics = step(state, device)
+  after = _dataset_log_likelihood(agent, state, demos, config)
+  assert int(state.updates) == 8 * 25
+  assert after['low'] > before['low'] + 5 and after['high'] > before['high'] + 5, (before, after)
+  assert set(metrics) == {'nll_low', 'nll_high', 'grad_norm'}
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_compiled_step_does_not_recompile_and_donates_the_state():
+  demos = train.device_demos(_demos())
+  config = _config(updates_per_step=3)
+  agent = train.make_agent(config)
+  state = train.init_state(agent, config, demos, jax.random.key(0))
+  step = train.jit_train_step(agent, config)
+  old = state
+  for _ in range(4):
+    state, _ = step(state, demos)
+  assert step._cache_size() == 1
+  assert old.params['low']['log_std'].is_deleted()  # donated to the first call
+
+
+def test_same_key_same_training_and_different_keys_differ():
+  demos = train.device_demos(_demos())
+  config = _config('gcbc', updates_per_step=4)
+  agent = train.make_agent(config)
+  step = train.jit_train_step(agent, config)
+
+  def run(seed):
+    state = train.init_state(agent, config, demos, jax.random.key(seed))
+    for _ in range(2):
+      state, _ = step(state, demos)
+    return np.asarray(ravel_pytree(state.params)[0])
+
+  np.testing.assert_array_equal(run(0), run(0))
+  assert not np.allclose(run(0), run(1))
+
+
+@pytest.mark.parametrize('method, levels', [('ril', {'low', 'high'}), ('gcbc', {'low'}), ('gcbc_final', {'low'})])
+def test_methods_train_their_levels(method, levels):
+  demos = _demos()
+  config = _config(method, updates_per_step=2)
+  agent = train.make_agent(config)
+  assert set(agent.levels) == levels
+  state = train.init_state(agent, config, demos, jax.random.key(0))
+  _, metrics = train.jit_train_step(agent, config)(state, train.device_demos(demos))
+  assert set(metrics) == {f'nll_{level}' for level in levels} | {'grad_norm'}
+
+
+def test_normalizers_ignore_padding():
+  demos = _demos(lengths=(5, 30))
+  agent = train.make_agent(_config())
+  normalizers = train.fit_normalizers(agent, demos)
+  valid = np.concatenate([demos.observations[0, :6], demos.observations[1, :31]])
+  np.testing.assert_allclose(normalizers['low'].obs.mean, valid.mean(axis=0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(normalizers['high'].output.std, np.maximum(valid.std(axis=0), 1e-2), rtol=1e-4)
+  np.testing.assert_array_equal(normalizers['low'].output.std, np.ones(ACTION_DIM))
+
+
+def test_bad_configs_fail_before_compiling():
+  with pytest.raises(ValueError, match='unknown method'):
+    train.BCConfig(method='bc')
+  with pytest.raises(ValueError, match='batch_size'):
+    train.BCConfig(batch_size=0)
+  config = train.BCConfig(relabel=relabel.RelabelConfig(30, 260, 30), policy=SMALL)
+  with pytest.raises(ValueError):
+    train.init_state(train.make_agent(config), config, _demos(lengths=(40, 50)), jax.random.key(0))
+
+
+# --- hierarchical rollout -------------------------------------------------------------------------
+
+
+@struct.dataclass
+class _State:
+  obs: jax.Array
+  info: dict
+  metrics: dict
+
+
+class _LineEnv:
+  """A stand-in env with the kitchen's interface: the state moves by the action's first 9 entries."""
+
+  def reset(self, key, goal):
+    obs = jax.random.normal(key, (tasks.NQ,))
+    return _State(obs, {'completed': jnp.zeros(7, bool)}, _no_metrics())
+
+  def step(self, state, action):
+    obs = state.obs.at[:ACTION_DIM].add(0.1 * action)
+    return _State(obs, state.info, _no_metrics())
+
+
+def _no_metrics():
+  return {'step_completion': jnp.zeros(()), 'success': jnp.zeros(()), 'nan_physics': jnp.zeros(())}
+
+
+@pytest.mark.parametrize('horizon', [1, 4, 7])
+def test_subgoal_changes_exactly_every_h_steps(horizon):
+  high = lambda obs, goal, key: jax.random.normal(key, (tasks.NQ,))  # a fresh subgoal at every decision
+  low = lambda obs, subgoal, key: jnp.tanh(subgoal[:ACTION_DIM] - obs[:ACTION_DIM])
+  run = jax.jit(lambda key: rollout.hierarchical_rollout(_LineEnv(), low, high, horizon, 20, key, jnp.zeros(tasks.NQ)))
+  subgoals = np.asarray(run(jax.random.key(0)).subgoals)
+  changed = np.any(subgoals[1:] != subgoals[:-1], axis=-1)
+  np.testing.assert_array_equal(changed, np.arange(1, 20) % horizon == 0)
+
+
+def test_flat_rollout_acts_on_the_goal():
+  goal = jnp.arange(tasks.NQ, dtype=jnp.float32)
+  low = lambda obs, subgoal, key: jnp.zeros(ACTION_DIM)
+  trajectory = rollout.hierarchical_rollout(_LineEnv(), low, None, 5, 6, jax.random.key(0), goal)
+  np.testing.assert_array_equal(np.asarray(trajectory.subgoals), np.tile(np.asarray(goal), (6, 1)))
+  assert trajectory.observations.shape == (7, tasks.NQ) and trajectory.actions.shape == (6, ACTION_DIM)
+
+
+@pytest.fixture(scope='module')
+def kitchen():
+  return KitchenEnv(KitchenConfig(backend='cpu', horizon=12))
+
+
+def test_agent_rollout_on_the_kitchen_same_key_same_episode(kitchen):
+  config = _config()
+  agent = train.make_agent(config)
+  state = train.init_state(agent, config, _demos(), jax.random.key(0))
+  goals = jnp.asarray(evaluation.goal_states(['microwave-kettle-topknob-hinge'] * 2))
+  run = jax.jit(functools.partial(rollout.agent_rollout, kitchen, agent, num_steps=12, deterministic=False))
+  keys = jax.random.split(jax.random.key(3), 2)
+  first, again = run(state.params, state.normalizers, keys, goals), run(state.params, state.normalizers, keys, goals)
+  np.testing.assert_array_equal(np.asarray(first.actions), np.asarray(again.actions))
+  assert not np.allclose(first.actions[0], first.actions[1])  # each env has its own key
+  assert first.observations.shape == (2, 13, tasks.NQ) and np.isfinite(np.asarray(first.actions)).all()
+  changed = np.any(np.asarray(first.subgoals[:, 1:] != first.subgoals[:, :-1]), axis=-1)
+  np.testing.assert_array_equal(changed, np.tile(np.arange(1, 12) % config.relabel.horizon == 0, (2, 1)))
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def test_evaluation_runs_every_goal_and_episode(kitchen):
+  config = _config('gcbc')
+  agent = train.make_agent(config)
+  state = train.init_state(agent, config, _demos(), jax.random.key(0))
+  evaluate = evaluation.make_evaluator(kitchen, agent, num_steps=12)
+  goals = ['kettle-bottomknob-hinge-slide', 'microwave-kettle-topknob-switch']
+  result = evaluate(state.params, state.normalizers, jax.random.key(0), goals, episodes=3)
+  assert result.step_completion.shape == (2, 3) and result.element_completion.shape == (2, 3, 7)
+  # Only elements of the goal can count as complete.
+  for g, goal in enumerate(goals):
+    assert not result.element_completion[g][:, ~tasks.element_mask(goal)].any()
+  np.testing.assert_array_equal(result.step_completion, result.element_completion.sum(-1))
+  with pytest.raises(ValueError, match='unknown kitchen element'):
+    evaluate(state.params, state.normalizers, jax.random.key(0), ['kettle-toaster'], episodes=1)
+
+
+def test_summarize_matches_hand_counts():
+  goals = ('kettle-bottomknob-hinge-slide', 'microwave-kettle-topknob-switch')
+  completion = np.zeros((2, 2, 7), bool)
+  index = {e: i for i, e in enumerate(tasks.ELEMENTS)}
+  completion[0, 0, [index['kettle'], index['bottom burner'], index['hinge cabinet'], index['slide cabinet']]] = True
+  completion[0, 1, index['kettle']] = True
+  completion[1, 1, [index['microwave'], index['kettle']]] = True
+  result = evaluation.Evaluation(goals, completion.sum(-1), completion.sum(-1) == 4, completion, np.zeros((2, 2)))
+  summary = evaluation.summarize(result)
+  assert summary['success'] == 0.25 and summary['step_completion'] == (4 + 1 + 0 + 2) / 4
+  assert summary['per_goal'][goals[0]] == {'success': 0.5, 'step_completion': 2.5}
+  assert summary['per_element']['kettle'] == 0.75  # 3 of the 4 episodes, all of whose goals have the kettle
+  assert summary['per_element']['microwave'] == 0.5 and summary['per_element']['light switch'] == 0.0
+  assert 'top burner' in summary['per_element'] and summary['episodes'] == 4
