@@ -37,6 +37,8 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Parallel envs per rollout 
 _MAX_STEPS = flags.DEFINE_integer('max_steps', 700, 'Control steps allowed to complete the four elements.')
 _EXTRA_STEPS = flags.DEFINE_integer('extra_steps', 5, 'Steps kept after the fourth element completes.')
 _RESET_NOISE = flags.DEFINE_float('reset_noise_scale', 0.005, 'Uniform noise on the reset qpos.')
+_ACTION_NOISE = flags.DEFINE_float('action_noise', 0.0, 'Std of Gaussian noise on the executed (and stored) '
+                                   'expert actions; the expert corrects it, so demos show recoveries.')
 _DEMOS_PER_SHARD = flags.DEFINE_integer('demos_per_shard', 100, 'Demos per dataset shard.')
 _MAX_ROLLOUTS = flags.DEFINE_integer('max_rollouts', None,
                                      'Give up after this many rollouts (default: 20 x --num_demos).')
@@ -95,7 +97,8 @@ def main(argv):
     if value.value < 1:
       raise app.UsageError(f'--{name} must be >= 1, got {value.value}.')
   try:
-    config = play.PlayConfig(tuple(_ORDERINGS.value), _MAX_STEPS.value, _EXTRA_STEPS.value, _BATCH_SIZE.value)
+    config = play.PlayConfig(tuple(_ORDERINGS.value), _MAX_STEPS.value, _EXTRA_STEPS.value, _BATCH_SIZE.value,
+                             _ACTION_NOISE.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   env = KitchenEnv(KitchenConfig(backend=_BACKEND.value, reset_noise_scale=_RESET_NOISE.value))

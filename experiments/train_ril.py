@@ -3,7 +3,7 @@
 Trains each method for each seed with the compiled BC step (rpl_jax/train.py), evaluates it on the
 17 compound goals and writes, in --workdir: results.json (every run's summary and training curve),
 table.md and table.csv (mean and spread over seeds, beside the paper's numbers), success.png (bar
-plot) and, with --videos, GIFs of RIL episodes.
+plots of success and step completion) and, with --videos, GIFs of RIL episodes.
 
   python experiments/train_ril.py --demos=data/play --workdir=/tmp/ril
   python experiments/train_ril.py --demos=data/play --methods=ril --seeds=1 --train_steps=10 --eval_episodes=2
@@ -113,16 +113,19 @@ def _write_tables(rows: list[dict], workdir: str) -> None:
 
 
 def _plot(results: dict, path: str) -> None:
+  """Success and step completion per method, ours (mean and std over seeds) beside the paper's."""
   methods = list(results)
-  ours = [100 * np.mean([r['success'] for r in results[m]]) for m in methods]
-  spread = [100 * np.std([r['success'] for r in results[m]]) for m in methods]
   x = np.arange(len(methods))
-  fig, ax = plt.subplots(figsize=(6, 3.5))
-  ax.bar(x - 0.2, ours, 0.4, yerr=spread, label='ours (scripted play)')
-  ax.bar(x + 0.2, [PAPER[m][0] for m in methods], 0.4, label='paper (human demos)')
-  ax.set_xticks(x, [LABELS[m] for m in methods], fontsize=8)
-  ax.set_ylabel('success on the compound goals (%)')
-  ax.legend()
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  for ax, (key, scale, paper_index, label) in zip(axes, [('success', 100, 0, 'success (%)'),
+                                                           ('step_completion', 1, 1, 'step completion (0-4)')]):
+    values = [scale * np.array([r[key] for r in results[m]]) for m in methods]
+    ax.bar(x - 0.2, [v.mean() for v in values], 0.4, yerr=[v.std() for v in values], label='ours (scripted play)')
+    ax.bar(x + 0.2, [PAPER[m][paper_index] for m in methods], 0.4, label='paper (human demos)')
+    ax.set_xticks(x, [LABELS[m] for m in methods], fontsize=7)
+    ax.set_ylabel(label)
+  axes[0].legend(fontsize=8)
+  fig.suptitle('17 compound goals')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

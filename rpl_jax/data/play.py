@@ -46,11 +46,14 @@ class PlayConfig:
   max_steps: int = 700  # control steps to complete all four elements (the expert takes ~400-650)
   extra_steps: int = 5  # kept after the step that completes the fourth element
   batch_size: int = 64  # candidates rolled out together
+  # Std of Gaussian noise added to the expert's actions before they are executed (and stored): the
+  # closed-loop expert corrects it, so demos show recoveries from off-path states (as in DART).
+  action_noise: float = 0.0
 
   def __post_init__(self):
-    if self.max_steps < 1 or self.extra_steps < 0 or self.batch_size < 1:
-      raise ValueError(f'need max_steps >= 1, extra_steps >= 0 and batch_size >= 1, got {self.max_steps}, '
-                       f'{self.extra_steps} and {self.batch_size}.')
+    if self.max_steps < 1 or self.extra_steps < 0 or self.batch_size < 1 or not self.action_noise >= 0:
+      raise ValueError(f'need max_steps >= 1, extra_steps >= 0, batch_size >= 1 and action_noise >= 0, got '
+                       f'{self.max_steps}, {self.extra_steps}, {self.batch_size} and {self.action_noise}.')
     parse_orderings(self.orderings)
 
   @property
@@ -107,22 +110,27 @@ class Rollout(NamedTuple):
   nonfinite: jax.Array  # bool [B, S]: this step's physics diverged or its action was not finite
 
 
-def rollout(env, expert, seeds: jax.Array, plans: jax.Array, goals: jax.Array, num_steps: int) -> Rollout:
-  """The expert playing each plan for `num_steps` steps from its seed's reset key. Pure: jit it with
-  env, expert and num_steps bound (functools.partial)."""
+def rollout(env, expert, seeds: jax.Array, plans: jax.Array, goals: jax.Array, num_steps: int,
+            action_noise: float = 0.0) -> Rollout:
+  """The expert playing each plan for `num_steps` steps from its seed's reset key, its actions
+  perturbed by Gaussian noise of std `action_noise` (clipped to [-1, 1]). Pure: jit it with env,
+  expert, num_steps and action_noise bound (functools.partial)."""
   def one(seed, plan, goal):
     reset_key, expert_key = demo_keys(seed)
     state = env.reset(reset_key, goal)
+    noise_keys = jax.random.split(jax.random.fold_in(expert_key, 1), num_steps)
 
-    def step(carry, _):
+    def step(carry, noise_key):
       state, expert_state = carry
       action, expert_state = expert.act(expert_state, state.data.qpos)
+      if action_noise:
+        action = jnp.clip(action + action_noise * jax.random.normal(noise_key, action.shape), -1.0, 1.0)
       state = env.step(state, action)
       nonfinite = (state.metrics['nan_physics'] > 0) | (state.metrics['nonfinite_actions'] > 0)
       return (state, expert_state), (state.obs, action, _plan_completion(state, plan), nonfinite)
 
     carry = (state, expert.init(expert_key, plan))
-    observations, actions, completion, nonfinite = jax.lax.scan(step, carry, None, length=num_steps)[1]
+    observations, actions, completion, nonfinite = jax.lax.scan(step, carry, noise_keys)[1]
     return Rollout(jnp.concatenate([state.obs[None], observations]), actions,
                    jnp.concatenate([_plan_completion(state, plan)[None], completion]), nonfinite)
 
@@ -210,7 +218,8 @@ class Player:
       raise ValueError(f'demos store the {tasks.NQ}-d qpos observation; build the env with obs_velocities=False.')
     self.config = config
     self.plans = parse_orderings(config.orderings)
-    self._rollout = jax.jit(functools.partial(rollout, env, expert, num_steps=config.num_steps))
+    self._rollout = jax.jit(functools.partial(rollout, env, expert, num_steps=config.num_steps,
+                                              action_noise=config.action_noise))
     self._replay = jax.jit(functools.partial(replay, env))
 
   def play(self, seeds: np.ndarray, plans: np.ndarray) -> Batch:
