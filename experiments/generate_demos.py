@@ -22,7 +22,7 @@ from absl import app
 from absl import flags
 
 from envs.kitchen import KitchenConfig, KitchenEnv, render, tasks
-from envs.kitchen.expert import Expert
+from envs.kitchen.expert import Expert, ExpertConfig
 from envs.kitchen.model import CONTROL_DT
 from rpl_jax.data import play
 from rpl_jax.data.demos import DatasetWriter, load_demos
@@ -39,6 +39,9 @@ _EXTRA_STEPS = flags.DEFINE_integer('extra_steps', 5, 'Steps kept after the four
 _RESET_NOISE = flags.DEFINE_float('reset_noise_scale', 0.005, 'Uniform noise on the reset qpos.')
 _ACTION_NOISE = flags.DEFINE_float('action_noise', 0.0, 'Std of Gaussian noise on the executed (and stored) '
                                    'expert actions; the expert corrects it, so demos show recoveries.')
+_SPEED_RANGE = flags.DEFINE_list('speed_range', ['0.7', '1.3'], "Range of the expert's per-demo speed factor.")
+_MAX_PAUSE = flags.DEFINE_integer('max_pause', 2, "Longest random pause (steps) between the expert's phases.")
+_RETRY = flags.DEFINE_float('retry_probability', 0.1, 'Per element: chance that the expert lets go midway and retries.')
 _DEMOS_PER_SHARD = flags.DEFINE_integer('demos_per_shard', 100, 'Demos per dataset shard.')
 _MAX_ROLLOUTS = flags.DEFINE_integer('max_rollouts', None,
                                      'Give up after this many rollouts (default: 20 x --num_demos).')
@@ -99,13 +102,17 @@ def main(argv):
   try:
     config = play.PlayConfig(tuple(_ORDERINGS.value), _MAX_STEPS.value, _EXTRA_STEPS.value, _BATCH_SIZE.value,
                              _ACTION_NOISE.value)
+    low, high = (float(v) for v in _SPEED_RANGE.value)
+    expert_config = ExpertConfig(speed_range=(low, high), max_pause=_MAX_PAUSE.value,
+                                 retry_probability=_RETRY.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   env = KitchenEnv(KitchenConfig(backend=_BACKEND.value, reset_noise_scale=_RESET_NOISE.value))
   if _VIDEOS.value > 0:
     render.check_gl(env.model)  # fail now rather than after the generation
   env_config = dataclasses.replace(env.config, backend=env.backend)
-  dataset_config = {'env': dataclasses.asdict(env_config), 'play': dataclasses.asdict(config)}
+  dataset_config = {'env': dataclasses.asdict(env_config), 'play': dataclasses.asdict(config),
+                    'expert': dataclasses.asdict(expert_config)}
   writer = DatasetWriter(_OUT_DIR.value, config=dataset_config, backend=env.backend, seed=_SEED.value,
                          demos_per_shard=_DEMOS_PER_SHARD.value, resume=_RESUME.value, overwrite=_OVERWRITE.value)
   sizes = _shard_sizes()
@@ -118,7 +125,7 @@ def main(argv):
   stats = play.PlayStats(config.max_steps)
   status, setup_seconds, start = 'complete', 0.0, time.perf_counter()
   if todo:
-    player = play.Player(env, Expert(env.model), config)
+    player = play.Player(env, Expert(env.model, expert_config), config)
     setup_seconds = time.perf_counter() - start
     start = time.perf_counter()
     max_rollouts = _MAX_ROLLOUTS.value or 20 * _NUM_DEMOS.value

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from envs.kitchen import KitchenConfig, KitchenEnv, tasks
-from envs.kitchen.expert import Expert
+from envs.kitchen.expert import Expert, ExpertConfig
 
 TRIALS, STEPS = 3, 260
 
@@ -65,3 +65,10 @@ def test_pre_grasp_postures_reach_their_targets(expert_batch):
 def test_plan_must_be_a_vector(expert_batch):
   with pytest.raises(ValueError, match='1-d array of element indices'):
     expert_batch[0].init(jax.random.key(0), jnp.zeros((2, 2), jnp.int32))
+
+
+@pytest.mark.parametrize('bad', [dict(speed_range=(1.2, 0.8)), dict(speed_range=(0.0, 1.0)), dict(max_pause=-1),
+                                 dict(retry_probability=1.5)])
+def test_bad_expert_config_is_refused(bad):
+  with pytest.raises(ValueError):
+    ExpertConfig(**bad)

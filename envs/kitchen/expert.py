@@ -112,6 +112,14 @@ class ExpertConfig:
   manipulate_timeout: int = 90
   retreat_timeout: int = 15
 
+  def __post_init__(self):
+    low, high = self.speed_range
+    if not 0 < low <= high:
+      raise ValueError(f'speed_range must satisfy 0 < low <= high, got {self.speed_range}.')
+    if self.max_pause < 0 or not 0 <= self.retry_probability <= 1:
+      raise ValueError(f'need max_pause >= 0 and retry_probability in [0, 1], got {self.max_pause} and '
+                       f'{self.retry_probability}.')
+
 
 @struct.dataclass
 class ExpertState:
