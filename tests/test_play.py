@@ -5,6 +5,7 @@ and the replay check, which must reject a tampered demo.
 The expert's constructor and the rollout's compile are slow (about a minute each on 2 cores), so one
 module-scoped run serves all end-to-end tests."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -161,3 +162,36 @@ def test_replay_accepts_saved_demos_and_rejects_tampered_ones(generated):
   assert not player.replay(seeds, plans, tampered, padded.lengths).any()
   # Cut at half length, the demos are incomplete.
   assert not player.replay(seeds, plans, padded.actions, padded.lengths // 2).any()
+
+
+class _StillExpert:
+  """Stands in for the scripted expert: always the zero action, so executed actions are the noise alone."""
+
+  def init(self, key, plan):
+    return key
+
+  def act(self, state, qpos):
+    return np.zeros(9, np.float32), state
+
+
+@pytest.mark.parametrize('noise', [0.0, 0.3])
+def test_action_noise_is_executed_and_stored(noise):
+  env = KitchenEnv(KitchenConfig(backend='cpu'))
+  plans = play.parse_orderings([ORDERING] * 2)
+  seeds = np.array([3, 4], np.int32)
+  r = play.rollout(env, _StillExpert(), seeds, plans, play.goal_states(plans), num_steps=40, action_noise=noise)
+  actions = np.asarray(r.actions)
+  if noise == 0.0:
+    np.testing.assert_array_equal(actions, 0.0)
+    return
+  assert np.abs(actions).max() <= 1.0
+  assert abs(actions.std() - noise) < 0.05 * noise and abs(actions.mean()) < 0.05  # clipping at 1 is rare at 0.3
+  assert not np.allclose(actions[0], actions[1])  # each demo draws its own noise
+  # The stored actions are the executed ones: replaying them from the reset key gives the same states.
+  def replay(seed, goal, actions):
+    state = env.reset(play.demo_keys(seed)[0], goal)
+    return jax.lax.scan(lambda s, a: (env.step(s, a),) * 2, state, actions)[1].obs
+
+  replayed = jax.jit(jax.vmap(replay))(seeds, play.goal_states(plans), r.actions)
+  # (Up to float rounding: XLA fuses the two graphs differently. Stored zero actions would be ~1e-2 off.)
+  np.testing.assert_allclose(np.asarray(replayed), np.asarray(r.observations)[:, 1:], atol=1e-5)
