@@ -21,7 +21,6 @@ changed network size fails with the leaf's path instead of restoring into the wr
 import contextlib
 import json
 import os
-import tempfile
 import warnings
 from typing import Any
 
@@ -29,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from rpl_jax.files import write_atomic
 
 CONFIG = 'config.json'
 _STATE = 'state'
@@ -63,18 +64,8 @@ def _config_diff(old: Any, new: Any, prefix: str = '') -> list[str]:
 
 
 def _write_json_atomic(path: str, value: Any) -> None:
-  """Write to a temp file beside `path`, fsync, then os.replace: a crash leaves the old file or the new one."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.' + os.path.basename(path), suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      json.dump(value, f, indent=2, sort_keys=True)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  text = json.dumps(value, indent=2, sort_keys=True).encode('utf-8')
+  write_atomic(path, lambda f: f.write(text))
 
 
 def _read_root_config(directory: str) -> dict[str, Any] | None:

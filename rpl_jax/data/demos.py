@@ -24,12 +24,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, BinaryIO, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from rpl_jax.files import write_atomic
 
 FORMAT = 'rpl_jax.demos'
 SCHEMA_VERSION = 1
@@ -38,7 +39,7 @@ ACTION_DIM = 9
 METADATA = 'metadata.json'
 _ARRAYS = ('observations', 'actions', 'lengths')
 _SHARD_NAME = re.compile(r'shard-\d{5}\.npz')
-# Leftovers of interrupted writes (see _write_atomic).
+# Leftovers of interrupted writes (see rpl_jax.files.write_atomic).
 _TEMP_NAME = re.compile(r'\.(metadata\.json|shard-\d{5}\.npz)\w*\.tmp')
 # Header fields that must match for a writer to resume into an existing dataset.
 _HEADER = ('format', 'schema_version', 'obs_dim', 'action_dim', 'backend', 'seed', 'demos_per_shard', 'config')
@@ -107,28 +108,6 @@ def _json_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(config), allow_nan=False))
   except (TypeError, ValueError) as e:
     raise DatasetError(f'config must be JSON-serialisable (e.g. dataclasses.asdict of the env config): {e}') from e
-
-
-def _write_atomic(path: str, write: Callable[[BinaryIO], object]) -> None:
-  """Call `write(file)` on a temp file beside `path`, fsync it, then os.replace it onto `path`, so that
-  a crash leaves either the old file or the new one, never a partial one."""
-  directory = os.path.dirname(path)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path), suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  dir_fd = os.open(directory, os.O_RDONLY)
-  try:
-    os.fsync(dir_fd)  # make the rename itself durable
-  finally:
-    os.close(dir_fd)
 
 
 def _check_shard_entry(entry: Any, path: str, demos_per_shard: int) -> None:
@@ -324,7 +303,7 @@ class DatasetWriter:
       check_demo(o, a, f'{path}: demo {i} (not written)')
     arrays = dict(observations=np.concatenate(observations), actions=np.concatenate(actions),
                   lengths=np.array([len(a) for a in actions], np.int32))
-    _write_atomic(path, lambda f: np.savez(f, **arrays))
+    write_atomic(path, lambda f: np.savez(f, **arrays))
     entry = dict(index=index, name=shard_name(index), num_demos=len(demos), num_steps=len(arrays['actions']),
                  size=os.path.getsize(path), sha256=_sha256(path),
                  seeds=None if seeds is None else [int(s) for s in seeds],
@@ -335,4 +314,4 @@ class DatasetWriter:
 
   def _write_metadata(self) -> None:
     text = json.dumps(self._meta, indent=1, allow_nan=False).encode('utf-8')
-    _write_atomic(os.path.join(self.path, METADATA), lambda f: f.write(text))
+    write_atomic(os.path.join(self.path, METADATA), lambda f: f.write(text))
