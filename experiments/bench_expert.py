@@ -4,6 +4,7 @@ randomised trials (the expert's own randomness), on one backend. Prints a table 
   python experiments/bench_expert.py --trials=100 --steps=160
 """
 
+import functools
 import json
 import time
 
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs.kitchen import KitchenConfig, KitchenEnv, tasks
-from envs.kitchen.expert import Expert
+from envs.kitchen.expert import Expert, element_trials
 
 _TRIALS = flags.DEFINE_integer('trials', 10, 'Randomised trials per element.')
 _STEPS = flags.DEFINE_integer('steps', 160, 'Control steps per trial.')
@@ -28,23 +29,10 @@ def main(argv):
   env = KitchenEnv(KitchenConfig(backend=_BACKEND.value))
   expert = Expert(env.model)
   elements = np.repeat(np.arange(len(tasks.ELEMENTS)), _TRIALS.value)
-  goals = jnp.asarray(np.stack([tasks.goal_state([tasks.ELEMENTS[e]]) for e in elements]), jnp.float32)
-
-  def trial(key, element, goal):
-    env_key, expert_key = jax.random.split(key)
-    carry = (env.reset(env_key, goal), expert.init(expert_key, element[None]))
-
-    def step(carry, _):
-      state, expert_state = carry
-      action, expert_state = expert.act(expert_state, state.data.qpos)
-      state = env.step(state, action)
-      return (state, expert_state), state.metrics['success']
-
-    return jax.lax.scan(step, carry, None, length=_STEPS.value)[1]
-
   keys = jax.random.split(jax.random.key(_SEED.value), len(elements))
+  trials = jax.jit(functools.partial(element_trials, env, expert, num_steps=_STEPS.value))
   start = time.perf_counter()
-  success = np.asarray(jax.jit(jax.vmap(trial))(keys, jnp.asarray(elements, jnp.int32), goals)) > 0
+  success = np.asarray(trials(keys, jnp.asarray(elements, jnp.int32))[1]) > 0
   seconds = time.perf_counter() - start
   rows = []
   print(f"{'element':<14} {'success':>8} {'mean steps to success':>22}")

@@ -4,13 +4,15 @@ its actions stay in the env's action space, and its grasp postures put the hand 
 One batch (three randomised trials per element) serves the tests: building the expert and compiling
 the rollout take about a minute each on 2 cores."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from envs.kitchen import KitchenConfig, KitchenEnv, tasks
-from envs.kitchen.expert import Expert, ExpertConfig
+from envs.kitchen.expert import Expert, ExpertConfig, element_trials
 
 TRIALS, STEPS = 3, 260
 
@@ -20,23 +22,9 @@ def expert_batch():
   env = KitchenEnv(KitchenConfig(backend='cpu'))
   expert = Expert(env.model)
   elements = np.repeat(np.arange(len(tasks.ELEMENTS)), TRIALS)
-  goals = jnp.asarray(np.stack([tasks.goal_state([tasks.ELEMENTS[e]]) for e in elements]), jnp.float32)
-
-  def trial(key, element, goal):
-    env_key, expert_key = jax.random.split(key)
-    carry = (env.reset(env_key, goal), expert.init(expert_key, element[None]))
-
-    def step(carry, _):
-      state, expert_state = carry
-      action, expert_state = expert.act(expert_state, state.data.qpos)
-      state = env.step(state, action)
-      return (state, expert_state), (action, state.metrics['success'])
-
-    (_, expert_state), (actions, success) = jax.lax.scan(step, carry, None, length=STEPS)
-    return actions, success, expert_state.done
-
   keys = jax.random.split(jax.random.key(7), len(elements))
-  actions, success, done = jax.jit(jax.vmap(trial))(keys, jnp.asarray(elements, jnp.int32), goals)
+  trials = jax.jit(functools.partial(element_trials, env, expert, num_steps=STEPS))
+  actions, success, done = trials(keys, jnp.asarray(elements, jnp.int32))
   return expert, elements, np.asarray(actions), np.asarray(success) > 0, np.asarray(done)
 
 

@@ -369,3 +369,26 @@ class Expert:
     finger_target = jnp.where(holding, _CLOSED, _OPEN)
     fingers = (finger_target - qpos[ARM_DOF:tasks.ROBOT_DOF]) / _STEP
     return jnp.clip(jnp.concatenate([arm, fingers]), -1.0, 1.0), new
+
+
+def element_trials(env, expert: Expert, keys: jax.Array, elements: jax.Array, num_steps: int):
+  """The expert doing one element at a time from the reset state: trial i does element `elements[i]`
+  (index into tasks.ELEMENTS) toward that element's goal, from `keys[i]`. Returns actions
+  [B, num_steps, 9], the env's success at each step [B, num_steps] and whether the expert finished its
+  plan [B]. Pure: jit it with env, expert and num_steps bound."""
+  goals = jnp.asarray(np.stack([tasks.goal_state([e]) for e in tasks.ELEMENTS]), jnp.float32)[elements]
+
+  def trial(key, element, goal):
+    env_key, expert_key = jax.random.split(key)
+    carry = (env.reset(env_key, goal), expert.init(expert_key, element[None]))
+
+    def step(carry, _):
+      state, expert_state = carry
+      action, expert_state = expert.act(expert_state, state.data.qpos)
+      state = env.step(state, action)
+      return (state, expert_state), (action, state.metrics['success'])
+
+    (_, expert_state), (actions, success) = jax.lax.scan(step, carry, None, length=num_steps)
+    return actions, success, expert_state.done
+
+  return jax.vmap(trial)(keys, elements, goals)
