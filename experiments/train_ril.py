@@ -66,25 +66,29 @@ def _config(method: str) -> train.BCConfig:
       batch_size=_BATCH.value, updates_per_step=_UPDATES.value, learning_rate=_LR.value)
 
 
-def _run(env, demos, config: train.BCConfig, seed: int):
-  """Train one method from one seed; returns its summary, training curve and final state."""
+def _trainer(env, demos, device_demos, config: train.BCConfig):
+  """`run(seed) -> (summary, agent, state)` for one method: the agent, the compiled step and the
+  evaluator are built once, so further seeds reuse their compilations."""
   agent = train.make_agent(config)
-  state = train.init_state(agent, config, demos, jax.random.key(seed))
   step = train.jit_train_step(agent, config)
-  device_demos = train.device_demos(demos)
-  curve, start = [], time.perf_counter()
-  for i in range(_TRAIN_STEPS.value):
-    state, metrics = step(state, device_demos)
-    curve.append({'updates': int(state.updates), **{k: float(v) for k, v in metrics.items()}})
-    if i == 0 or (i + 1) % max(_TRAIN_STEPS.value // 5, 1) == 0:
-      print(f'  {config.method} seed {seed}: {curve[-1]}', flush=True)
-  train_seconds = time.perf_counter() - start
   evaluate = evaluation.make_evaluator(env, agent, _EPISODE_STEPS.value, deterministic=not _STOCHASTIC.value)
-  start = time.perf_counter()
-  result = evaluation.summarize(evaluate(state.params, state.normalizers, jax.random.key(1000 + seed),
-                                         _GOALS.value, _EVAL_EPISODES.value))
-  result.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - start, curve=curve)
-  return result, agent, state
+
+  def run(seed: int):
+    state = train.init_state(agent, config, demos, jax.random.key(seed))
+    curve, start = [], time.perf_counter()
+    for i in range(_TRAIN_STEPS.value):
+      state, metrics = step(state, device_demos)
+      curve.append({'updates': int(state.updates), **{k: float(v) for k, v in metrics.items()}})
+      if i == 0 or (i + 1) % max(_TRAIN_STEPS.value // 5, 1) == 0:
+        print(f'  {config.method} seed {seed}: {curve[-1]}', flush=True)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    result = evaluation.summarize(evaluate(state.params, state.normalizers, jax.random.key(1000 + seed),
+                                           _GOALS.value, _EVAL_EPISODES.value))
+    result.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - start, curve=curve)
+    return result, agent, state
+
+  return run
 
 
 def _table(results: dict) -> list[dict]:
@@ -161,11 +165,13 @@ def main(argv):
   env = KitchenEnv(KitchenConfig(backend=_BACKEND.value, horizon=_EPISODE_STEPS.value))
   print(f'{len(demos.lengths)} demos ({int(demos.lengths.sum())} steps) from {_DEMOS.value}; {env.backend} backend')
 
+  device_demos = train.device_demos(demos)
   results = {}
   for method, config in configs.items():
     results[method] = []
+    run = _trainer(env, demos, device_demos, config)
     for seed in range(_SEEDS.value):
-      summary, agent, state = _run(env, demos, config, seed)
+      summary, agent, state = run(seed)
       print(f'{method} seed {seed}: success {summary["success"]:.1%}, step completion '
             f'{summary["step_completion"]:.2f} (train {summary["train_seconds"]:.0f} s, '
             f'eval {summary["eval_seconds"]:.0f} s)', flush=True)
