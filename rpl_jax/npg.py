@@ -28,17 +28,19 @@ Params = networks.Params
 # --- advantages -----------------------------------------------------------------------------------
 
 
-def gae(rewards: jax.Array, values: jax.Array, dones: jax.Array, gamma: float = 0.995,
-        lam: float = 0.97) -> tuple[jax.Array, jax.Array]:
-  """Generalised advantage estimation over time, the leading axis: rewards [T, ...], values
-  [T+1, ...] (the last one bootstraps the step after the data), dones bool [T, ...], where a done at
-  t ends the episode after step t, so neither values[t+1] nor later advantages reach step t.
+def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminals: jax.Array, ends: jax.Array,
+        gamma: float = 0.995, lam: float = 0.97) -> tuple[jax.Array, jax.Array]:
+  """Generalised advantage estimation over time, the leading axis; all inputs [T, ...]. values[t]
+  is V at step t's input and next_values[t] is V at the state after step t under the same
+  conditioning (for the low level: the same subgoal, even where the next step gets a new one).
+  terminals[t] (bool): the episode ended at t with nothing more to come, so next_values[t] is not
+  bootstrapped. ends[t] (bool, terminals included): no later advantage reaches step t, for a
+  terminal, a truncation or the end of a low-level subgoal segment (those still bootstrap).
   Trailing axes are independent sequences (or vmap). Returns (advantages, returns = advantages +
-  values[:-1]), both [T, ...]."""
-  chex.assert_equal_shape([rewards, dones])
-  chex.assert_shape(values, (rewards.shape[0] + 1,) + rewards.shape[1:])
-  carry_on = 1.0 - dones.astype(rewards.dtype)
-  deltas = rewards + gamma * carry_on * values[1:] - values[:-1]
+  values), both [T, ...]."""
+  chex.assert_equal_shape([rewards, values, next_values, terminals, ends])
+  deltas = rewards + gamma * (1.0 - terminals.astype(rewards.dtype)) * next_values - values
+  carry_on = 1.0 - (ends | terminals).astype(rewards.dtype)
 
   def backward(next_advantage, step):
     delta, carry = step
@@ -46,7 +48,7 @@ def gae(rewards: jax.Array, values: jax.Array, dones: jax.Array, gamma: float = 
     return advantage, advantage
 
   advantages = jax.lax.scan(backward, jnp.zeros_like(deltas[0]), (deltas, carry_on), reverse=True)[1]
-  return advantages, advantages + values[:-1]
+  return advantages, advantages + values
 
 
 def whiten(x: jax.Array, eps: float = 1e-8) -> jax.Array:

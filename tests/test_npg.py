@@ -73,8 +73,10 @@ def test_gae_matches_a_float64_loop_batched_either_way():
   dones = rng.uniform(size=(envs, steps)) < 0.15
   dones[0, -1] = True
   f32 = lambda a: jnp.asarray(a, jnp.float32)
-  vmapped = jax.vmap(functools.partial(npg.gae, gamma=gamma, lam=lam))(f32(rewards), f32(values), jnp.asarray(dones))
-  time_major = npg.gae(f32(rewards.T), f32(values.T), jnp.asarray(dones.T), gamma, lam)
+  dones = jnp.asarray(dones)
+  vmapped = jax.vmap(functools.partial(npg.gae, gamma=gamma, lam=lam))(
+      f32(rewards), f32(values[:, :-1]), f32(values[:, 1:]), dones, dones)
+  time_major = npg.gae(f32(rewards.T), f32(values[:, :-1].T), f32(values[:, 1:].T), dones.T, dones.T, gamma, lam)
   for e in range(envs):
     want = reference_gae(rewards[e], values[e], dones[e], gamma, lam)
     for got in (vmapped, (time_major[0].T, time_major[1].T)):
@@ -86,11 +88,32 @@ def test_gae_done_cuts_everything_after_it():
   rng = np.random.default_rng(1)
   rewards, values = jnp.asarray(rng.normal(size=20), jnp.float32), jnp.asarray(rng.normal(size=21), jnp.float32)
   dones = jnp.zeros(20, bool).at[7].set(True)
-  advantages = npg.gae(rewards, values, dones)[0]
-  changed = npg.gae(rewards.at[8:].add(5.0), values.at[8:].add(-3.0), dones)[0]
+  advantages = npg.gae(rewards, values[:-1], values[1:], dones, dones)[0]
+  changed = npg.gae(rewards.at[8:].add(5.0), values[:-1].at[8:].add(-3.0), values[1:].at[7:].add(-3.0), dones,
+                    dones)[0]
   np.testing.assert_array_equal(advantages[:8], changed[:8])
   assert float(advantages[7]) == pytest.approx(float(rewards[7] - values[7]), abs=1e-6)
   assert not np.allclose(advantages[8:], changed[8:])
+
+
+def test_gae_truncation_bootstraps_but_cuts_the_chain():
+  """A segment end (the low level's subgoal switch) bootstraps from next_values but no later
+  advantage reaches it; a terminal does neither."""
+  rng = np.random.default_rng(3)
+  rewards, values, next_values = (jnp.asarray(rng.normal(size=12), jnp.float32) for _ in range(3))
+  none = jnp.zeros(12, bool)
+  ends = none.at[5].set(True)
+  advantages, returns = npg.gae(rewards, values, next_values, none, ends, 0.9, 0.8)
+  gamma, lam = 0.9, 0.8
+  want, running = np.zeros(12), 0.0
+  for t in reversed(range(12)):
+    running = 0.0 if t == 5 else running
+    running = float(rewards[t]) + gamma * float(next_values[t]) - float(values[t]) + gamma * lam * running
+    want[t] = running
+  np.testing.assert_allclose(advantages, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(returns, want + np.asarray(values), rtol=1e-5, atol=1e-5)
+  terminal = npg.gae(rewards, values, next_values, ends, ends, 0.9, 0.8)[0]
+  assert float(terminal[5]) == pytest.approx(float(rewards[5] - values[5]), abs=1e-6)
 
 
 def test_whiten():
