@@ -57,6 +57,7 @@ class Trajectory(NamedTuple):
   observations: jax.Array  # [T+1, obs]: the reset observation first
   actions: jax.Array  # [T, 9]
   subgoals: jax.Array  # [T, 30]: the subgoal the low level acted on at each step
+  rewards: jax.Array  # [T]: the env's reward, goal elements completed for the first time at this step
   completed: jax.Array  # bool [T+1, 7]: elements of the goal completed so far (sticky, as the env counts)
   step_completion: jax.Array  # [T+1]: completed goal elements (0-4)
   success: jax.Array  # [T+1]: all goal elements completed
@@ -79,18 +80,18 @@ def hierarchical_rollout(env, low: Policy, high: Policy | None, horizon: int, nu
       subgoal = jax.lax.cond(t % horizon == 0, lambda: high(state.obs, goal, high_key), lambda: subgoal)
     action = low(state.obs, subgoal, low_key)
     state = env.step(state, action)
-    record = (state.obs, action, subgoal, state.info['completed'], state.metrics['step_completion'],
+    record = (state.obs, action, subgoal, state.reward, state.info['completed'], state.metrics['step_completion'],
               state.metrics['success'], state.metrics['nan_physics'])
     return (state, subgoal, key), record
 
   carry = (state, jnp.asarray(goal, jnp.float32), key)
-  observations, actions, subgoals, completed, step_completion, success, nan_physics = jax.lax.scan(
+  observations, actions, subgoals, rewards, completed, step_completion, success, nan_physics = jax.lax.scan(
       step, carry, jnp.arange(num_steps))[1]
 
   def with_reset(first, rest):
     return jnp.concatenate([first[None], rest])
 
-  return Trajectory(with_reset(state.obs, observations), actions, subgoals,
+  return Trajectory(with_reset(state.obs, observations), actions, subgoals, rewards,
                     with_reset(state.info['completed'], completed),
                     with_reset(state.metrics['step_completion'], step_completion),
                     with_reset(state.metrics['success'], success), nan_physics)

@@ -104,11 +104,13 @@ def goal_state(goal: str | Sequence[str], base: np.ndarray = INIT_QPOS) -> np.nd
   return state
 
 
-def element_distances(qpos: jnp.ndarray) -> jnp.ndarray:
-  """[..., 7]: L2 distance of each element's coordinates in `qpos` ([..., 30]) to its goal value."""
-  return jnp.stack([
-      jnp.linalg.norm(qpos[..., list(ELEMENT_INDICES[e])] - jnp.asarray(ELEMENT_GOALS[e]), axis=-1)
-      for e in ELEMENTS], axis=-1)
+def element_distances(qpos: jnp.ndarray, target: jnp.ndarray | None = None) -> jnp.ndarray:
+  """[..., 7]: L2 distance of each element's coordinates in `qpos` ([..., 30]) to its goal value, or
+  to its coordinates in the state `target` ([..., 30]) when given."""
+  def reference(element):
+    return jnp.asarray(ELEMENT_GOALS[element]) if target is None else target[..., list(ELEMENT_INDICES[element])]
+  return jnp.stack([jnp.linalg.norm(qpos[..., list(ELEMENT_INDICES[e])] - reference(e), axis=-1) for e in ELEMENTS],
+                   axis=-1)
 
 
 def element_completion(qpos: jnp.ndarray) -> jnp.ndarray:

@@ -1,0 +1,242 @@
+"""RRF: the DAPG schedule, the IRIL ring buffer, rewards and level samples against direct
+references, and the compiled iteration (every variant, compiled once, frozen high level untouched,
+determinism per key, the per-goal vmap against separate per-goal steps, the BC term's pull toward
+the demos), on the C MuJoCo backend at a tiny size."""
+
+import collections
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from envs.kitchen import KitchenConfig, KitchenEnv, tasks
+from rpl_jax import networks, relabel, rrf, train
+from rpl_jax.data.demos import PaddedDemos
+from rpl_jax.relabel import RelabelConfig
+from rpl_jax.rollout import Trajectory
+
+WINDOWS = RelabelConfig(window_low=2, window_high=4, horizon=3)
+BC = train.BCConfig(relabel=WINDOWS, policy=networks.PolicyConfig(hidden=(8,)))
+GOALS = ('microwave-kettle-topknob-hinge', 'kettle-bottomknob-switch-slide')
+
+
+def rrf_config(**overrides) -> rrf.RRFConfig:
+  defaults = dict(num_envs=2, episode_steps=7, relabel=WINDOWS, value_hidden=(8,), value_batch_size=4,
+                  bc_batch_size=8, buffer_episodes=5)
+  return rrf.RRFConfig(**{**defaults, **overrides})
+
+
+@pytest.fixture(scope='module')
+def env():
+  return KitchenEnv(KitchenConfig(backend='cpu'))
+
+
+@pytest.fixture(scope='module')
+def setup():
+  """A RIL agent with random weights and normalizers fitted to small synthetic demos."""
+  rng = np.random.default_rng(0)
+  observations = np.asarray(tasks.INIT_QPOS, np.float32) + 0.05 * rng.normal(size=(3, 9, tasks.NQ)).astype(np.float32)
+  demos = PaddedDemos(observations, rng.uniform(-1, 1, size=(3, 8, 9)).astype(np.float32),
+                      np.array([8, 6, 5], np.int32))
+  agent = train.make_agent(BC)
+  state = train.init_state(agent, BC, demos, jax.random.key(0))
+  return agent, state.params, state.normalizers, train.device_demos(demos)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(env, agent, config, per_goal=False):
+  return rrf.jit_rrf_step(env, agent, config, per_goal)
+
+
+def goal_vector(goal: str) -> jax.Array:
+  return jnp.asarray(tasks.goal_state(goal), jnp.float32)
+
+
+def run(env, setup, config, iterations=1, seed=1):
+  agent, params, normalizers, demos = setup
+  state = rrf.init_state(agent, config, params, normalizers, jax.random.key(seed))
+  step = compiled(env, agent, config)
+  history = []
+  for _ in range(iterations):
+    state, metrics = step(state, goal_vector(GOALS[0]), demos if config.uses_demos else None)
+    history.append(jax.device_get(metrics))
+  return state, history
+
+
+# --- pieces ---------------------------------------------------------------------------------------
+
+
+def test_dapg_weight_schedule():
+  config = rrf_config(variant='dapg', dapg_lambda0=0.3, dapg_lambda1=0.9)
+  for k in range(6):
+    assert float(rrf.dapg_weight(config, jnp.int32(k))) == pytest.approx(0.3 * 0.9**k, rel=1e-6)
+  assert float(rrf.dapg_weight(rrf_config(variant='npg', dapg_lambda0=0.3), jnp.int32(0))) == 0.0
+
+
+def test_ring_buffer_wraps_like_a_deque():
+  config = rrf_config(variant='iril', num_envs=2, buffer_episodes=5)
+  buffer, reference = rrf.empty_buffer(config), collections.deque(maxlen=5)
+  add = jax.jit(rrf.buffer_add)
+  steps = config.episode_steps
+  for batch in range(4):
+    ids = np.arange(2 * batch, 2 * batch + 2, dtype=np.float32)
+    observations = np.broadcast_to(ids[:, None, None], (2, steps + 1, tasks.NQ))
+    buffer = add(buffer, jnp.asarray(observations), jnp.asarray(np.broadcast_to(ids[:, None, None], (2, steps, 9))))
+    reference.extend(ids)
+    stored = np.asarray(buffer.episodes.observations[:, 0, 0])
+    filled = np.asarray(buffer.episodes.lengths) == steps
+    assert filled.sum() == len(reference)
+    assert sorted(stored[filled]) == sorted(reference)  # the oldest are the ones overwritten
+    assert int(buffer.cursor) == (2 * batch + 2) % 5
+  np.testing.assert_array_equal(np.asarray(buffer.episodes.actions[:, 0, 0]), [5, 6, 7, 3, 4])
+
+
+def test_unfilled_buffer_slots_are_never_sampled():
+  config = rrf_config(variant='iril', buffer_episodes=5)
+  buffer = rrf.buffer_add(rrf.empty_buffer(config), jnp.ones((2, config.episode_steps + 1, tasks.NQ)),
+                          jnp.ones((2, config.episode_steps, 9)))
+  batch = relabel.sample_low(jax.random.key(0), buffer.episodes, WINDOWS.window_low, 512)
+  np.testing.assert_array_equal(batch.observations, 1.0)
+
+
+def test_low_rewards_against_numpy():
+  rng = np.random.default_rng(4)
+  subgoal = np.asarray(tasks.INIT_QPOS, np.float32)[None].repeat(64, 0)
+  state = subgoal + rng.normal(scale=rng.choice([0.01, 0.3], size=(64, 1)), size=subgoal.shape).astype(np.float32)
+  gaps = np.stack([np.linalg.norm(state[:, list(ix)] - subgoal[:, list(ix)], axis=-1)
+                   for ix in tasks.ELEMENT_INDICES.values()], -1)
+  robot = np.linalg.norm(state[:, :9] - subgoal[:, :9], axis=-1)
+  want = {'sparse': ((gaps < 0.3).all(-1) & (robot < 0.2)).astype(np.float32),
+          'euclidean': -np.linalg.norm(state - subgoal, axis=-1),
+          'elementwise': (gaps < 0.3).mean(-1)}
+  for kind, expected in want.items():
+    got = rrf.low_reward(kind, jnp.asarray(state), jnp.asarray(subgoal), reach_threshold=0.2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  assert 0 < want['sparse'].sum() < 64  # both outcomes occur
+
+
+def test_level_samples_segment_the_episode():
+  steps, horizon, envs = 7, 3, 2
+  rng = np.random.default_rng(5)
+  observations = jnp.asarray(rng.normal(size=(envs, steps + 1, tasks.NQ)), jnp.float32)
+  rewards = jnp.asarray(rng.integers(0, 2, size=(envs, steps)), jnp.float32)
+  trajectory = Trajectory(observations, jnp.zeros((envs, steps, 9)), observations[:, :-1], rewards,
+                          *(None,) * 4)
+  config = rrf_config(episode_steps=steps, finetune_high=True)
+  samples = rrf._level_samples(config, horizon, trajectory, goal_vector(GOALS[0]))
+  np.testing.assert_array_equal(samples['low']['ends'], [False, False, True, False, False, True, True])
+  high = samples['high']
+  np.testing.assert_array_equal(high['obs'], observations[:, [0, 3, 6]])
+  np.testing.assert_array_equal(high['next_obs'], observations[:, [3, 6, 7]])
+  np.testing.assert_allclose(high['reward'], np.stack([rewards[:, :3].sum(1), rewards[:, 3:6].sum(1),
+                                                       rewards[:, 6:].sum(1)], 1))
+  np.testing.assert_array_equal(high['ends'], [False, False, True])
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(variant='ppo'), 'unknown RRF variant'),
+    (dict(low_reward='dense'), 'unknown low-level reward'),
+    (dict(variant='iril', num_envs=8, buffer_episodes=4), 'must hold one iteration'),
+    (dict(value_batch_size=1000), 'value_batch_size'),
+])
+def test_config_errors(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    rrf_config(**overrides)
+
+
+def test_agent_errors(env, setup):
+  agent, params, normalizers, _ = setup
+  flat = train.make_agent(train.BCConfig(method='gcbc', relabel=WINDOWS))
+  with pytest.raises(ValueError, match='no high level'):
+    rrf.make_rrf_step(env, flat, rrf_config())
+  with pytest.raises(ValueError, match='horizon'):
+    rrf.init_state(agent, rrf_config(relabel=RelabelConfig(2, 4, 5)), params, normalizers, jax.random.key(0))
+  state = rrf.init_state(agent, rrf_config(), params, normalizers, jax.random.key(0))
+  with pytest.raises(ValueError, match='needs the demos'):
+    rrf.make_rrf_step(env, agent, rrf_config())(state, goal_vector(GOALS[0]), None)
+
+
+# --- the compiled iteration -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('variant', rrf.VARIANTS)
+def test_iteration_compiles_once_and_tunes_only_the_low_level(env, setup, variant):
+  config = rrf_config(variant=variant)
+  state, history = run(env, setup, config, iterations=3)
+  assert compiled(env, setup[0], config)._cache_size() == 1
+  assert int(state.iteration) == 3
+  for metrics in history:
+    for name, value in metrics.items():
+      assert np.all(np.isfinite(value)), name
+    assert 0 <= metrics['step_completion'] <= 4 and metrics['element_completion'].shape == (7,)
+  _, params, _, _ = setup
+  np.testing.assert_array_equal(ravel(state.params['high']), ravel(params['high']))
+  assert not np.allclose(ravel(state.params['low']), ravel(params['low']))
+  assert sum(float(m['low/kl']) > 0 for m in history) + int(state.skipped) == 3
+  if variant == 'iril':
+    assert int((np.asarray(state.buffer.episodes.lengths) == config.episode_steps).sum()) == 5
+  else:
+    assert state.buffer is None
+
+
+def ravel(tree) -> np.ndarray:
+  return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def test_both_levels_fine_tune_separately(env, setup):
+  state, history = run(env, setup, rrf_config(variant='dapg', finetune_high=True))
+  _, params, _, _ = setup
+  for level in ('low', 'high'):
+    assert not np.allclose(ravel(state.params[level]), ravel(params[level]))
+    assert float(history[0][f'{level}/kl']) <= 1.5 * 0.05
+  assert set(state.values) == {'low', 'high'}
+
+
+def test_same_key_same_run_other_key_other_run(env, setup):
+  config = rrf_config(variant='dapg')
+  first, second, other = (run(env, setup, config, iterations=2, seed=s) for s in (7, 7, 8))
+  np.testing.assert_array_equal(ravel(first[0].params), ravel(second[0].params))
+  for a, b in zip(first[1], second[1]):
+    for name in a:
+      np.testing.assert_array_equal(a[name], b[name])
+  assert not np.array_equal(ravel(first[0].params['low']), ravel(other[0].params['low']))
+
+
+def test_per_goal_vmap_equals_separate_steps(env, setup):
+  agent, params, normalizers, demos = setup
+  config = rrf_config(variant='iril')
+  keys = jax.random.split(jax.random.key(3), len(GOALS))
+  stacked = jax.vmap(lambda k: rrf.init_state(agent, config, params, normalizers, k))(keys)
+  goals = jnp.stack([goal_vector(g) for g in GOALS])
+  stacked, metrics = compiled(env, agent, config, per_goal=True)(stacked, goals, demos)
+  for g in range(len(GOALS)):
+    alone = rrf.init_state(agent, config, params, normalizers, keys[g])
+    alone, alone_metrics = compiled(env, agent, config)(alone, goals[g], demos)
+    # Same rollouts to float rounding; the steps then agree to the float32 rounding of 10 CG iterations.
+    start = ravel(params['low'])
+    step_vmapped = ravel(jax.tree.map(lambda x: x[g], stacked.params['low'])) - start
+    step_alone = ravel(alone.params['low']) - start
+    assert np.linalg.norm(step_vmapped - step_alone) < 1e-2 * np.linalg.norm(step_alone)
+    np.testing.assert_allclose(stacked.buffer.episodes.observations[g], alone.buffer.episodes.observations,
+                               rtol=1e-5, atol=1e-5)
+    for name in ('success', 'step_completion', 'low/reward', 'low/kl'):
+      np.testing.assert_allclose(metrics[name][g], alone_metrics[name], rtol=1e-3, atol=1e-6)
+
+
+def test_bc_term_pulls_the_low_level_toward_the_demos(env, setup):
+  """With a dominant BC weight the natural-gradient step raises the demos' relabeled log-likelihood
+  (Algorithm 2's full enumeration), and more than the pure policy-gradient step does."""
+  agent, params, normalizers, demos = setup
+  tuples = relabel.enumerate_low(jax.device_get(demos), WINDOWS.window_low)
+
+  def demo_log_likelihood(low_params):
+    return float(jnp.mean(agent.low.log_prob(low_params, normalizers['low'], tuples.observations, tuples.goals,
+                                             tuples.actions)))
+
+  before = demo_log_likelihood(params['low'])
+  dapg = run(env, setup, rrf_config(variant='dapg', dapg_lambda0=100.0, bc_batch_size=64))[0]
+  npg_only = run(env, setup, rrf_config(variant='npg'))[0]
+  assert demo_log_likelihood(dapg.params['low']) > before
+  assert demo_log_likelihood(dapg.params['low']) > demo_log_likelihood(npg_only.params['low'])
