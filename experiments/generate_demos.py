@@ -26,6 +26,7 @@ from envs.kitchen.expert import Expert, ExpertConfig
 from envs.kitchen.model import CONTROL_DT
 from rpl_jax.data import play
 from rpl_jax.data.demos import DatasetWriter, load_demos
+from rpl_jax.logs import Progress
 
 _NUM_DEMOS = flags.DEFINE_integer('num_demos', 400, 'Accepted demos to collect.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Run seed; shard i draws its candidates from (seed, i).')
@@ -67,14 +68,6 @@ def _check_written(writer: DatasetWriter, sizes: list[int]) -> None:
       raise app.UsageError(f'{_OUT_DIR.value}: shard {i} holds {entry["num_demos"]} demos, but --num_demos='
                            f'{_NUM_DEMOS.value} --demos_per_shard={_DEMOS_PER_SHARD.value} make shard sizes {sizes}; '
                            'resume with the original flags or pass --overwrite.')
-
-
-def _progress(stats: play.PlayStats, target: int, start: float) -> None:
-  done = len(stats.kept_lengths)
-  rate = done / max(time.perf_counter() - start, 1e-9) * 60
-  bar = '#' * round(30 * done / target)
-  sys.stderr.write(f'\r[{bar:<30}] {done}/{target} accepted, {stats.rejected} rejected, {rate:.1f} demos/min')
-  sys.stderr.flush()
 
 
 def _write_videos(env: KitchenEnv, video_dir: str) -> list[str]:
@@ -129,15 +122,17 @@ def main(argv):
     setup_seconds = time.perf_counter() - start
     start = time.perf_counter()
     max_rollouts = _MAX_ROLLOUTS.value or 20 * _NUM_DEMOS.value
-    try:
-      for i in todo:
-        batch = play.play_shard(player, _SEED.value, i, sizes[i], stats, max_rollouts,
-                                on_batch=lambda: _progress(stats, target, start))
-        writer.write_shard(i, [batch.demo(j) for j in range(sizes[i])], seeds=batch.seeds,
-                           element_orders=[play.element_names(p) for p in batch.plans])
-    except play.TooManyRollouts as e:
-      status = f'{e} Shard {i} is not written (the shards before it are).'
-    sys.stderr.write('\n')
+    with Progress(target, 'accepted', unit='demos', per='min') as bar:
+      def on_batch():
+        bar.update(len(stats.kept_lengths) - bar.done, rejected=stats.rejected)
+
+      try:
+        for i in todo:
+          batch = play.play_shard(player, _SEED.value, i, sizes[i], stats, max_rollouts, on_batch=on_batch)
+          writer.write_shard(i, [batch.demo(j) for j in range(sizes[i])], seeds=batch.seeds,
+                             element_orders=[play.element_names(p) for p in batch.plans])
+      except play.TooManyRollouts as e:
+        status = f'{e} Shard {i} is not written (the shards before it are).'
   seconds = time.perf_counter() - start  # the generation, compiles included; not the expert's setup
 
   summary = {'status': status, 'backend': env.backend, 'num_demos': _NUM_DEMOS.value, 'generated_now': target,

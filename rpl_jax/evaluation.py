@@ -24,6 +24,7 @@ class Evaluation(NamedTuple):
   success: np.ndarray  # bool [G, E]
   element_completion: np.ndarray  # bool [G, E, 7] over tasks.ELEMENTS (False where the goal lacks the element)
   nan_steps: np.ndarray  # [G, E] steps whose physics diverged (the env kept the last good state)
+  final_state: np.ndarray  # [G, E, 30] the last observed state
 
 
 def goal_states(goals: Sequence[str]) -> np.ndarray:
@@ -31,10 +32,14 @@ def goal_states(goals: Sequence[str]) -> np.ndarray:
   return np.stack([tasks.goal_state(goal) for goal in goals]).astype(np.float32)
 
 
-def make_evaluator(env, agent: Agent, num_steps: int, deterministic: bool = True):
+def make_evaluator(env, agent: Agent, num_steps: int, deterministic: bool = True, per_goal: bool = False):
   """`evaluate(params, normalizers, key, goals, episodes) -> Evaluation`, compiled once per number
-  of goals and episodes."""
-  rollout = jax.jit(functools.partial(agent_rollout, env, agent, num_steps=num_steps, deterministic=deterministic))
+  of goals and episodes. With `per_goal`, params are stacked per goal ([G, ...], in the order of
+  `goals`, as RRF's per-goal fine-tuning leaves them) and each goal runs its own agent."""
+  rollout = functools.partial(agent_rollout, env, agent, num_steps=num_steps, deterministic=deterministic)
+  if per_goal:
+    rollout = jax.vmap(rollout, in_axes=(0, None, 0, 0))
+  rollout = jax.jit(rollout)
 
   def evaluate(params, normalizers, key: jax.Array, goals: Sequence[str], episodes: int) -> Evaluation:
     if episodes < 1:
@@ -42,14 +47,18 @@ def make_evaluator(env, agent: Agent, num_steps: int, deterministic: bool = True
     goals = tuple(goals)
     for goal in goals:
       tasks.parse_elements(goal)  # unknown element names fail here, before compiling
-    states = goal_states(goals)
-    keys = jax.random.split(key, len(goals) * episodes)
-    trajectory = jax.device_get(rollout(params, normalizers, keys, jnp.asarray(np.repeat(states, episodes, axis=0))))
     shape = (len(goals), episodes)
-    return Evaluation(goals, trajectory.step_completion[:, -1].reshape(shape),
-                      trajectory.success[:, -1].reshape(shape) > 0,
-                      trajectory.completed[:, -1].reshape(shape + (len(tasks.ELEMENTS),)),
-                      trajectory.nan_physics.sum(axis=-1).reshape(shape))
+    if per_goal and any(leaf.shape[:1] != (len(goals),) for leaf in jax.tree.leaves(params)):
+      raise ValueError(f'per-goal params must be stacked over the {len(goals)} goals on their leading axis.')
+    batch = shape if per_goal else (len(goals) * episodes,)
+    keys = jax.random.split(key, batch)
+    states = jnp.asarray(np.repeat(goal_states(goals), episodes, axis=0)).reshape(batch + (tasks.NQ,))
+    trajectory = jax.device_get(rollout(params, normalizers, keys, states))
+    final = lambda x: x[..., -1].reshape(shape)
+    return Evaluation(goals, final(trajectory.step_completion), final(trajectory.success) > 0,
+                      trajectory.completed[..., -1, :].reshape(shape + (len(tasks.ELEMENTS),)),
+                      trajectory.nan_physics.sum(axis=-1).reshape(shape),
+                      trajectory.observations[..., -1, :tasks.NQ].reshape(shape + (tasks.NQ,)))
 
   return evaluate
 

@@ -130,6 +130,7 @@ def test_bad_configs_fail_before_compiling():
 @struct.dataclass
 class _State:
   obs: jax.Array
+  reward: jax.Array
   info: dict
   metrics: dict
 
@@ -139,11 +140,11 @@ class _LineEnv:
 
   def reset(self, key, goal):
     obs = jax.random.normal(key, (tasks.NQ,))
-    return _State(obs, {'completed': jnp.zeros(7, bool)}, _no_metrics())
+    return _State(obs, jnp.zeros(()), {'completed': jnp.zeros(7, bool)}, _no_metrics())
 
   def step(self, state, action):
     obs = state.obs.at[:ACTION_DIM].add(0.1 * action)
-    return _State(obs, state.info, _no_metrics())
+    return _State(obs, jnp.zeros(()), state.info, _no_metrics())
 
 
 def _no_metrics():
@@ -214,7 +215,8 @@ def test_summarize_matches_hand_counts():
   completion[0, 0, [index['kettle'], index['bottom burner'], index['hinge cabinet'], index['slide cabinet']]] = True
   completion[0, 1, index['kettle']] = True
   completion[1, 1, [index['microwave'], index['kettle']]] = True
-  result = evaluation.Evaluation(goals, completion.sum(-1), completion.sum(-1) == 4, completion, np.zeros((2, 2)))
+  result = evaluation.Evaluation(goals, completion.sum(-1), completion.sum(-1) == 4, completion, np.zeros((2, 2)),
+                                  np.zeros((2, 2, 30)))
   summary = evaluation.summarize(result)
   assert summary['success'] == 0.25 and summary['step_completion'] == (4 + 1 + 0 + 2) / 4
   assert summary['per_goal'][goals[0]] == {'success': 0.5, 'step_completion': 2.5}
