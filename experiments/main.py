@@ -1,61 +1,176 @@
-"""The main job. For now a short demo of the batched kitchen: reset N envs on a compound goal, step
-them with random actions, and print throughput and the element states.
+"""The main job: play demos -> RIL -> per-goal RRF -> distillation -> evaluation -> report.md.
 
-  python experiments/main.py --num_envs=64 --steps=50 --goal=microwave-kettle-topknob-hinge
+  python experiments/main.py --workdir=runs/quick                        # quick preset: a 2-core CPU, < 20 min
+  python experiments/main.py --workdir=runs/paper --config.preset=paper   # paper scale, on an accelerator
+  python experiments/main.py --workdir=runs/quick --config.rrf.variant=iril --config.rrf.iterations=30
+
+The config is experiments/configs/main.py; `--config.x=...` overrides it and wins over the preset.
+Running the same command again resumes: finished phases are restored from their checkpoints, an
+interrupted one continues from its last checkpoint. Demos are generated into <workdir>/demos unless
+--config.demos.path names a dataset. The run directory ends with report.md, results.json, the
+learning curves (PNG), TensorBoard files, metrics_<phase>.jsonl, run_info.json and GIFs.
 """
 
-import time
+import importlib.util
+import json
+import os
+import subprocess
+import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
+import matplotlib
 import numpy as np
+from ml_collections import config_flags
 
-from envs.kitchen import ACTION_DIM, KitchenConfig, KitchenEnv, tasks
+matplotlib.use('Agg')
+from matplotlib import pyplot as plt  # noqa: E402
 
-_NUM_ENVS = flags.DEFINE_integer('num_envs', 64, 'Parallel envs.')
-_STEPS = flags.DEFINE_integer('steps', 50, 'Control steps (80 ms each).')
-_BACKEND = flags.DEFINE_enum('backend', 'auto', ['auto', 'mjx', 'cpu'], 'Physics backend.')
-_GOAL = flags.DEFINE_string('goal', 'microwave-kettle-topknob-hinge', 'Compound goal, elements joined by "-".')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+from envs.kitchen import KitchenConfig, KitchenEnv, render  # noqa: E402
+from rpl_jax import evaluation, phases, rollout  # noqa: E402
+from rpl_jax.data import load_padded  # noqa: E402
+from rpl_jax.files import write_atomic  # noqa: E402
+from rpl_jax.logs import write_run_info  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', os.path.join(os.path.dirname(__file__), 'configs', 'main.py'),
+                                          'The run config (experiments/configs/main.py).')
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/quick', 'The run directory; rerun the same command to resume.')
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_config():
+  """The config with its preset applied, then the command line's --config.* overrides on top."""
+  config = _CONFIG.value
+  overrides = config_flags.get_override_values(flags.FLAGS['config'])
+  spec = importlib.util.spec_from_file_location('run_config', config_flags.get_config_filename(flags.FLAGS['config']))
+  config_module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(config_module)
+  config_module.apply_preset(config, config.preset)
+  for path, value in overrides.items():
+    if path != 'preset':
+      node = config
+      *parents, leaf = path.split('.')
+      for name in parents:
+        node = node[name]
+      node[leaf] = value
+  return config
+
+
+def demos_path(config, workdir: str) -> str:
+  """The dataset directory, generated first when it has no complete dataset."""
+  if config.demos.path:
+    return config.demos.path
+  path = os.path.join(workdir, 'demos')
+  if not os.path.exists(os.path.join(path, 'summary.json')):
+    resume = os.path.exists(os.path.join(path, 'metadata.json'))
+    command = [sys.executable, os.path.join(REPO, 'experiments', 'generate_demos.py'), f'--out_dir={path}',
+               f'--num_demos={config.demos.num_demos}', f'--batch_size={config.demos.batch_size}',
+               f'--seed={config.seed}', f'--backend={config.backend}', f'--videos={config.demos.videos}']
+    print('generating demos:', ' '.join(command + ['--resume'] * resume), flush=True)
+    subprocess.run(command + ['--resume'] * resume, check=True, env=dict(os.environ, PYTHONPATH=REPO))
+  return path
+
+
+def curve(workdir: str, phase: str, names: list[str], title: str, path: str) -> str:
+  """A PNG of metrics_<phase>.jsonl's `names` against the phase step."""
+  with open(os.path.join(workdir, f'metrics_{phase}.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3))
+  for ax, name in zip(np.atleast_1d(axes), names):
+    ax.plot([r['step'] for r in records], [np.nan if r.get(name) is None else r[name] for r in records])
+    ax.set_xlabel(f'{phase} step')
+    ax.set_title(name, fontsize=9)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, path), dpi=110)
+  plt.close(fig)
+  return path
+
+
+def table(results: dict[str, dict], goals) -> str:
+  """Markdown: one row per goal (and one for all), one column per agent; cells are success % / step
+  completion, empty where an agent was not evaluated on that goal."""
+  agents = list(results)
+  header = '| goal | ' + ' | '.join(agents) + ' |\n|' + '---|' * (1 + len(agents)) + '\n'
+
+  def cell(summary):
+    return f"{summary['success'] * 100:.0f} / {summary['step_completion']:.2f}" if summary else ''
+
+  rows = [('**all evaluated goals**', [results[a] for a in agents])]
+  rows += [(goal, [results[a]['per_goal'].get(goal) for a in agents]) for goal in goals]
+  return header + ''.join(f'| {name} | ' + ' | '.join(cell(s) for s in summaries) + ' |\n' for name, summaries in rows)
+
+
+def videos(env, agent, params, normalizers, goals, steps: int, workdir: str) -> list[str]:
+  render.check_gl(env.model)
+  trajectory = rollout.agent_rollout(env, agent, params, normalizers, jax.random.split(jax.random.key(0), len(goals)),
+                                     jnp.asarray(evaluation.goal_states(goals)), steps, deterministic=True)
+  paths = []
+  for goal, observations in zip(goals, np.asarray(trajectory.observations)):
+    paths.append(f'distilled_{goal}.gif')
+    render.write_gif(os.path.join(workdir, paths[-1]), render.render_frames(env.model, observations[::2]))
+  return paths
 
 
 def main(argv):
   del argv
-  if _NUM_ENVS.value < 1 or _STEPS.value < 1:
-    raise app.UsageError('--num_envs and --steps must be positive.')
-  goal = jnp.asarray(tasks.goal_state(_GOAL.value), jnp.float32)
-  env = KitchenEnv(KitchenConfig(backend=_BACKEND.value))
-  print(f'kitchen: {env.backend} backend on {jax.devices()[0]}, {_NUM_ENVS.value} envs, goal {_GOAL.value}')
-  reset = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))
-  step = jax.jit(jax.vmap(env.step))
-  key, reset_key = jax.random.split(jax.random.key(_SEED.value))
-  state = reset(jax.random.split(reset_key, _NUM_ENVS.value), goal)
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  try:
+    config = resolve_config()
+    configs = phases.build(config)
+  except (ValueError, KeyError, AttributeError) as e:
+    raise app.UsageError(f'invalid config: {e}') from e
+  workdir = _WORKDIR.value
+  os.makedirs(workdir, exist_ok=True)
+  run_config = phases.to_json(config)
+  write_run_info(workdir, {'config': run_config, 'seed': config.seed, 'eval_seed': config.eval.seed})
+  demos = load_padded(demos_path(config, workdir))
+  env = KitchenEnv(KitchenConfig(backend=config.backend, horizon=max(config.rrf.episode_steps,
+                                                                     config.eval.episode_steps)))
+  print(f'{len(demos.lengths)} demos; {env.backend} backend on {jax.devices()}', flush=True)
+  keep = dict(checkpoint_every=config.checkpoint_every, max_to_keep=config.max_to_keep)
+  agent, ril_state = phases.ril(workdir, run_config, configs, demos, config.seed, config.ril.train_steps, **keep)
+  tuned = phases.fine_tune(workdir, run_config, configs, env, agent, ril_state, demos, config.seed,
+                           config.rrf.iterations, **keep)
+  distilled = phases.distillation(workdir, run_config, configs, env, agent, ril_state, tuned, config.seed,
+                                  config.max_to_keep)
 
-  def random_actions(key):
-    return jax.random.uniform(key, (_NUM_ENVS.value, ACTION_DIM), minval=-1.0, maxval=1.0)
-
-  start = time.perf_counter()
-  state = jax.block_until_ready(step(state, random_actions(key)))
-  print(f'compile + first step: {time.perf_counter() - start:.1f} s')
-  start = time.perf_counter()
-  for _ in range(_STEPS.value - 1):
-    key, sub = jax.random.split(key)
-    state = step(state, random_actions(sub))
-  jax.block_until_ready(state)
-  seconds = time.perf_counter() - start
-  env_steps = _NUM_ENVS.value * (_STEPS.value - 1) / max(seconds, 1e-9)
-  print(f'throughput: {env_steps:.0f} env-steps/s, {env_steps * env.config.physics.substeps:.0f} physics-steps/s')
-
-  distances = np.asarray(tasks.element_distances(state.data.qpos))
-  completed = np.asarray(tasks.element_completion(state.data.qpos))
-  print(f"\n{'element':<14} {'mean distance to goal':>22} {'complete':>9}")
-  for i, element in enumerate(tasks.ELEMENTS):
-    print(f'{element:<14} {distances[:, i].mean():>22.3f} {completed[:, i].mean():>8.0%}')
-  print(f"\nstep completion {float(state.metrics['step_completion'].mean()):.2f} / 4, "
-        f"success {float(state.metrics['success'].mean()):.0%}, "
-        f"nan physics {int(state.metrics['nan_physics'].sum())}, done {int(state.done.sum())}")
+  steps, episodes, key = config.eval.episode_steps, config.eval.episodes, jax.random.key(config.eval.seed)
+  shared = evaluation.make_evaluator(env, agent, steps)
+  per_goal = evaluation.make_evaluator(env, agent, steps, per_goal=True)
+  normalizers = ril_state.normalizers
+  results = {
+      'RIL': evaluation.summarize(shared(ril_state.params, normalizers, key, configs.eval_goals, episodes)),
+      f'RRF per goal ({config.rrf.variant})': evaluation.summarize(
+          per_goal(tuned.params, normalizers, key, configs.rrf_goals, episodes)),
+      'distilled': evaluation.summarize(shared(distilled, normalizers, key, configs.eval_goals, episodes)),
+  }
+  gifs = videos(env, agent, distilled, normalizers, configs.eval_goals[:config.eval.videos], steps, workdir) \
+      if config.eval.videos else []
+  pngs = [curve(workdir, 'ril', ['nll_low', 'nll_high'], 'RIL: negative log-likelihood', 'ril_curve.png'),
+          curve(workdir, 'rrf', ['success', 'step_completion', 'low/reward', 'low/kl'],
+                f'RRF ({config.rrf.variant}), mean over {len(configs.rrf_goals)} goals', 'rrf_curve.png')]
+  write_atomic(os.path.join(workdir, 'results.json'),
+               lambda f: f.write(json.dumps({'config': run_config, 'results': results}, indent=1).encode()))
+  goals = list(dict.fromkeys(configs.rrf_goals + configs.eval_goals))
+  report = (f'# rpl_jax run: {workdir}\n\npreset `{config.preset}`, seed {config.seed} (evaluation seed '
+            f'{config.eval.seed}), {env.backend} backend, {len(demos.lengths)} demos.\n\n'
+            f'## Evaluation ({episodes} episodes per goal, {steps} steps, deterministic)\n\n'
+            'Per-goal cells: success % / step completion. The RRF row covers its fine-tuned goals only. '
+            'Paper, Table 1 (17 goals, human demos): RIL 21.7 % / 2.4.\n\n' + table(results, goals) +
+            '\n## Learning curves\n\n' + ''.join(f'![{p}]({p})\n\n' for p in pngs) +
+            '## Videos\n\n' + ''.join(f'- [{g}]({g})\n' for g in gifs) +
+            '\n## Files\n\nmetrics_<phase>.jsonl, tensorboard/ (`tensorboard --logdir ' + os.path.join(workdir, 'tensorboard')
+            + '`), <phase>/checkpoints/, run_info.json (versions, devices), results.json.\n\n'
+            '## Config\n\n```json\n' + json.dumps(run_config, indent=1) + '\n```\n')
+  write_atomic(os.path.join(workdir, 'report.md'), lambda f: f.write(report.encode()))
+  print(table(results, goals))
+  print(f'wrote {os.path.join(workdir, "report.md")}')
 
 
 if __name__ == '__main__':

@@ -41,6 +41,10 @@ class CheckpointError(RuntimeError):
   """A checkpoint is missing, unreadable, or does not fit the state it should restore into."""
 
 
+class CheckpointMismatch(CheckpointError):
+  """A readable checkpoint whose saved shapes or structure do not fit the target state."""
+
+
 # --- config ---------------------------------------------------------------------------------------
 
 
@@ -158,7 +162,7 @@ def _check_fits(target_state, saved_tree, impls: dict[str, str], where: str) -> 
   problems += [f'{name}: in the checkpoint but not in the target' for name in sorted(saved)]
   if problems:
     more = [f'... and {len(problems) - _MAX_LISTED} more'] if len(problems) > _MAX_LISTED else []
-    raise CheckpointError(f'{where}: the checkpoint does not fit the target state (was the config, e.g. a '
+    raise CheckpointMismatch(f'{where}: the checkpoint does not fit the target state (was the config, e.g. a '
                           f'network size, changed?):\n  ' + '\n  '.join(problems[:_MAX_LISTED] + more))
 
 
@@ -272,6 +276,19 @@ class Checkpointer:
     """The state saved at `step` (default: the latest), with the structure, dtypes and PRNG key types of
     `target_state`."""
     return _restore(self._manager, self.directory, target_state, step)
+
+  def restore_latest_usable(self, target_state) -> tuple[int | None, Any]:
+    """(step, state) of the newest checkpoint that restores; (None, None) when there is none. A
+    corrupt newer checkpoint is skipped with a warning naming it, so a crash that damaged the last
+    save costs only the steps since the one before."""
+    for step in reversed(self.all_steps()):
+      try:
+        return step, self.restore(target_state, step)
+      except CheckpointMismatch:
+        raise
+      except CheckpointError as e:
+        warnings.warn(f'skipping an unusable checkpoint: {e}', stacklevel=2)
+    return None, None
 
   def metrics(self, step: int | None = None) -> dict[str, Any] | None:
     """The metrics saved with `step` (default: the latest)."""

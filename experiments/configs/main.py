@@ -1,0 +1,99 @@
+"""The main job's config: play demos -> RIL -> per-goal RRF -> distillation -> evaluation -> report.
+
+  python experiments/main.py --workdir=runs/quick                       # the quick preset (CPU, < 20 min)
+  python experiments/main.py --workdir=runs/paper --config.preset=paper  # paper scale, for accelerators
+  python experiments/main.py --config=experiments/configs/main.py:paper --config.rrf.num_envs=512
+
+A preset replaces the defaults below; `--config.x=...` overrides win over the preset. `smoke` is a
+tiny preset for the tests.
+"""
+
+from ml_collections import config_dict
+
+from envs.kitchen import tasks
+
+PRESETS = {
+    'quick': {},
+    'paper': {
+        'demos.num_demos': 400,
+        'ril.train_steps': 2000,
+        'rrf.goals': 'all', 'rrf.num_envs': 256, 'rrf.iterations': 100,
+        'distill.episodes_per_goal': 64, 'distill.updates': 20000,
+        'eval.episodes': 50, 'eval.episode_steps': 700,
+    },
+    'smoke': {
+        'demos.num_demos': 2, 'demos.batch_size': 8, 'demos.videos': 0,
+        'ril.hidden': (32, 32), 'ril.train_steps': 4, 'ril.updates_per_step': 5, 'ril.batch_size': 32,
+        'rrf.goals': 'microwave-kettle-topknob-hinge,kettle-bottomknob-switch-slide', 'rrf.variant': 'iril',
+        'rrf.num_envs': 2, 'rrf.episode_steps': 30, 'rrf.iterations': 3, 'rrf.value_hidden': (16,),
+        'rrf.value_batch_size': 16, 'rrf.bc_batch_size': 32, 'rrf.buffer_episodes': 4,
+        'distill.episodes_per_goal': 1, 'distill.updates': 20, 'distill.batch_size': 32,
+        'eval.episodes': 1, 'eval.episode_steps': 30, 'eval.videos': 1,
+    },
+}
+
+
+def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
+  config = config_dict.ConfigDict()
+  config.preset = preset
+  config.seed = 0  # training; evaluation draws from eval.seed
+  config.backend = 'auto'  # 'auto' | 'cpu' (C MuJoCo) | 'mjx' (accelerators)
+  config.checkpoint_every = 5  # phase steps (RIL calls, RRF iterations) between checkpoints
+  config.max_to_keep = 3
+
+  config.demos = config_dict.ConfigDict()
+  config.demos.path = ''  # a dataset directory; empty: <workdir>/demos, generated if missing
+  config.demos.num_demos = 60
+  config.demos.batch_size = 64
+  config.demos.videos = 2
+
+  config.ril = config_dict.ConfigDict()
+  config.ril.window_low = 30
+  config.ril.window_high = 260
+  config.ril.horizon = 30
+  config.ril.hidden = (256, 256)
+  config.ril.batch_size = 256
+  config.ril.updates_per_step = 50
+  config.ril.train_steps = 100
+  config.ril.learning_rate = 1e-3
+
+  config.rrf = config_dict.ConfigDict()
+  config.rrf.variant = 'dapg'  # npg | dapg | iril
+  config.rrf.goals = 'microwave-kettle-topknob-hinge,kettle-bottomknob-switch-slide,microwave-bottomknob-hinge-slide'
+  config.rrf.num_envs = 32  # per goal
+  config.rrf.episode_steps = 280
+  config.rrf.iterations = 15
+  config.rrf.low_reward = 'sparse'
+  config.rrf.finetune_high = False
+  config.rrf.step_size = 0.05
+  config.rrf.value_hidden = (128, 128)
+  config.rrf.value_epochs = 2
+  config.rrf.value_batch_size = 64
+  config.rrf.dapg_lambda0 = 1e-2
+  config.rrf.dapg_lambda1 = 0.95
+  config.rrf.bc_batch_size = 256
+  config.rrf.buffer_episodes = 64
+
+  config.distill = config_dict.ConfigDict()
+  config.distill.episodes_per_goal = 8
+  config.distill.updates = 2000
+  config.distill.batch_size = 256
+  config.distill.learning_rate = 1e-3
+
+  config.eval = config_dict.ConfigDict()
+  config.eval.seed = 1000
+  config.eval.goals = ','.join(tasks.COMPOUND_GOALS)
+  config.eval.episodes = 5
+  config.eval.episode_steps = 280
+  config.eval.videos = 2  # GIFs of the distilled agent on the first goals
+  apply_preset(config, preset)
+  return config
+
+
+def apply_preset(config: config_dict.ConfigDict, preset: str) -> None:
+  if preset not in PRESETS:
+    raise ValueError(f'unknown preset {preset!r}; choose from {sorted(PRESETS)}.')
+  config.preset = preset
+  for path, value in PRESETS[preset].items():
+    section, name = path.split('.')
+    config[section][name] = value

@@ -1,0 +1,190 @@
+"""The resumable training phases of a run directory: RIL, per-goal RRF and distillation.
+
+`build` turns a launcher's ml_collections config into the library's validated configs, failing with
+a clear message before anything compiles. Each phase is a host loop over its compiled step
+(`run_phase`) with orbax checkpoints in <workdir>/<phase>/checkpoints (the run config beside them),
+metrics in <workdir>/metrics_<phase>.jsonl and tensorboard/<phase>/, and a progress bar. Running a
+phase again resumes from its newest usable checkpoint (a finished phase restores its final state and
+trains no more). The RNG key, the iteration counters, the IRIL buffers and the optimiser states are
+all in the checkpointed state, and the samplers draw minibatches from that key (the key is the data
+cursor), so on a CPU a resumed run ends bit for bit where an uninterrupted one does.
+"""
+
+import dataclasses
+import functools
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_dict
+
+from envs.kitchen import physics as kitchen_physics
+from envs.kitchen import tasks
+from rpl_jax import distill, networks, npg, relabel, rrf, train
+from rpl_jax.checkpoint import Checkpointer
+from rpl_jax.logs import MetricsLogger, Progress
+from rpl_jax.relabel import RelabelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfigs:
+  bc: train.BCConfig
+  rrf: rrf.RRFConfig
+  distill: distill.DistillConfig
+  rrf_goals: tuple[str, ...]
+  eval_goals: tuple[str, ...]
+
+
+def goal_list(goals: str) -> tuple[str, ...]:
+  """'all' (the 17 compound goals) or comma-separated goal names, each validated."""
+  names = tasks.COMPOUND_GOALS if goals == 'all' else tuple(g.strip() for g in goals.split(',') if g.strip())
+  if not names:
+    raise ValueError('no goals given.')
+  for goal in names:
+    tasks.parse_elements(goal)
+  return tuple(names)
+
+
+def build(config: config_dict.ConfigDict) -> RunConfigs:
+  """The validated configs of a run; ValueError names what is wrong."""
+  windows = RelabelConfig(config.ril.window_low, config.ril.window_high, config.ril.horizon)
+  bc = train.BCConfig(relabel=windows, policy=networks.PolicyConfig(hidden=tuple(config.ril.hidden)),
+                      batch_size=config.ril.batch_size, updates_per_step=config.ril.updates_per_step,
+                      learning_rate=config.ril.learning_rate)
+  r = config.rrf
+  fine_tuning = rrf.RRFConfig(
+      variant=r.variant, num_envs=r.num_envs, episode_steps=r.episode_steps, low_reward=r.low_reward,
+      finetune_high=r.finetune_high, update=npg.NPGConfig(step_size=r.step_size), value_hidden=tuple(r.value_hidden),
+      value_epochs=r.value_epochs, value_batch_size=r.value_batch_size, relabel=windows,
+      dapg_lambda0=r.dapg_lambda0, dapg_lambda1=r.dapg_lambda1, bc_batch_size=r.bc_batch_size,
+      buffer_episodes=r.buffer_episodes)
+  d = config.distill
+  distillation = distill.DistillConfig(d.episodes_per_goal, d.updates, d.batch_size, d.learning_rate)
+  for name, value in (('ril.train_steps', config.ril.train_steps), ('rrf.iterations', r.iterations),
+                      ('checkpoint_every', config.checkpoint_every), ('eval.episodes', config.eval.episodes),
+                      ('eval.episode_steps', config.eval.episode_steps)):
+    if value < 1:
+      raise ValueError(f'{name} must be >= 1, got {value}.')
+  devices = jax.device_count()
+  if r.num_envs % devices:
+    raise ValueError(f'rrf.num_envs={r.num_envs} is not divisible by the {devices} devices.')
+  check_backend(config.backend)
+  return RunConfigs(bc, fine_tuning, distillation, goal_list(r.goals), goal_list(config.eval.goals))
+
+
+def check_backend(backend: str) -> None:
+  """MJX needs an accelerator here: batched MJX on the CPU runs at a few physics steps per second
+  (DESIGN.md section 3), so a CPU host gets the C MuJoCo backend."""
+  if backend not in ('auto',) + kitchen_physics.BACKENDS:
+    raise ValueError(f"unknown backend {backend!r}; choose from {('auto',) + kitchen_physics.BACKENDS}.")
+  if backend == 'mjx' and jax.default_backend() == 'cpu':
+    raise ValueError("backend 'mjx' is unavailable on this CPU-only host (batched MJX on the CPU is impractically "
+                     "slow); use backend='cpu' or 'auto'.")
+
+
+def to_json(config: config_dict.ConfigDict) -> dict[str, Any]:
+  return json.loads(config.to_json())
+
+
+# --- the phase loop -------------------------------------------------------------------------------
+
+
+def run_phase(workdir: str, phase: str, run_config: dict[str, Any], state, step: Callable, total: int,
+              checkpoint_every: int, max_to_keep: int, scalars: Callable[[Any], dict[str, float]],
+              env_steps_per_call: int = 0):
+  """Calls `state, metrics = step(state)` until `total` calls are done, resuming after the newest
+  usable checkpoint of `phase`. Logs `scalars(metrics)` per call (plus 'perf/*' wall-clock rates,
+  the only values that differ between runs) and checkpoints every `checkpoint_every` calls and at
+  the end. Returns the final state."""
+  with Checkpointer(f'{workdir}/{phase}/checkpoints', run_config, max_to_keep) as checkpoints:
+    done, restored = checkpoints.restore_latest_usable(state)
+    done, state = (0, state) if restored is None else (done, restored)
+    if done:
+      print(f'{phase}: resuming after step {done} of {total}', flush=True)
+    with MetricsLogger(workdir, resume_step=done or None, phase=phase) as log, \
+         Progress(total, phase, unit='steps') as bar:
+      bar.update(done)
+      for i in range(done, total):
+        start = time.perf_counter()
+        state, metrics = step(state)
+        values = scalars(jax.device_get(metrics))
+        seconds = time.perf_counter() - start
+        values['perf/seconds'] = seconds
+        if env_steps_per_call:
+          values['perf/env_steps_per_s'] = env_steps_per_call / seconds
+        log.write(i + 1, values)
+        if (i + 1) % checkpoint_every == 0 or i + 1 == total:
+          checkpoints.save(i + 1, state, metrics=values, force=True)
+        bar.update(1, **{k: f'{v:.3g}' for k, v in values.items() if k in ('nll_low', 'success', 'step_completion')})
+  return state
+
+
+# --- the phases -----------------------------------------------------------------------------------
+
+
+def ril(workdir: str, run_config: dict, configs: RunConfigs, demos, seed: int, train_steps: int,
+        checkpoint_every: int, max_to_keep: int) -> tuple[Any, train.BCState]:
+  """RIL on `demos` (host PaddedDemos). Returns (agent, final BCState)."""
+  relabel.check_windows(configs.bc.relabel, demos.lengths)
+  agent = train.make_agent(configs.bc)
+  device_demos = train.device_demos(demos)
+  compiled = train.jit_train_step(agent, configs.bc)
+  state = train.init_state(agent, configs.bc, demos, jax.random.key(seed))
+  state = run_phase(workdir, 'ril', run_config, state, lambda s: compiled(s, device_demos), train_steps,
+                    checkpoint_every, max_to_keep, lambda m: {k: float(v) for k, v in m.items()})
+  return agent, state
+
+
+def rrf_scalars(metrics: dict[str, np.ndarray], goals: tuple[str, ...]) -> dict[str, float]:
+  """Per-goal RRF metrics ([G] arrays) as scalars: the mean over goals under each name, each goal's
+  success and step completion under 'goal/<goal>/', and per-element completion under 'element/'."""
+  values = {name: float(np.mean(value)) for name, value in metrics.items() if name != 'element_completion'}
+  for g, goal in enumerate(goals):
+    for name in ('success', 'step_completion'):
+      values[f'goal/{goal}/{name}'] = float(metrics[name][g])
+  asked = np.stack([tasks.element_mask(goal) for goal in goals])  # [G, 7]
+  for i, element in enumerate(tasks.ELEMENTS):
+    if asked[:, i].any():
+      values[f'element/{element}'] = float(metrics['element_completion'][asked[:, i], i].mean())
+  return values
+
+
+def fine_tune(workdir: str, run_config: dict, configs: RunConfigs, env, agent, ril_state: train.BCState, demos,
+              seed: int, iterations: int, checkpoint_every: int, max_to_keep: int) -> rrf.RRFState:
+  """Per-goal RRF of every goal in configs.rrf_goals at once (the step vmapped over goals). Returns
+  the final per-goal state (leading axis: goals)."""
+  config, goals = configs.rrf, configs.rrf_goals
+  keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), len(goals))
+  state = jax.vmap(lambda k: rrf.init_state(agent, config, ril_state.params, ril_state.normalizers, k))(keys)
+  goal_states = jnp.asarray(np.stack([tasks.goal_state(g) for g in goals]), jnp.float32)
+  device_demos = train.device_demos(demos) if config.uses_demos else None
+  compiled = rrf.jit_rrf_step(env, agent, config, per_goal=True)
+  return run_phase(workdir, 'rrf', run_config, state, lambda s: compiled(s, goal_states, device_demos), iterations,
+                   checkpoint_every, max_to_keep, functools.partial(rrf_scalars, goals=goals),
+                   env_steps_per_call=len(goals) * config.num_envs * config.episode_steps)
+
+
+def distillation(workdir: str, run_config: dict, configs: RunConfigs, env, agent, ril_state: train.BCState,
+                 tuned: rrf.RRFState, seed: int, max_to_keep: int) -> dict[str, Any]:
+  """One multi-goal agent from the per-goal agents' rollouts, starting from the RIL parameters.
+  Returns its params (normalizers: RIL's)."""
+  config, goals = configs.distill, configs.rrf_goals
+  goal_states = jnp.asarray(np.stack([tasks.goal_state(g) for g in goals]), jnp.float32)
+  collect = jax.jit(functools.partial(distill.collect, env, agent, episodes=config.episodes_per_goal,
+                                      num_steps=configs.rrf.episode_steps, levels=configs.rrf.levels))
+  fit = jax.jit(distill.make_distill(agent, config))
+
+  def step(state):
+    collect_key, fit_key, key = jax.random.split(state['key'], 3)
+    data = collect(tuned.params, ril_state.normalizers, collect_key, goal_states)
+    params, metrics = fit(state['params'], ril_state.normalizers, data, fit_key)
+    return {'params': params, 'key': key}, {name: value[-1] for name, value in metrics.items()}
+
+  start = {'params': jax.tree.map(jnp.copy, ril_state.params), 'key': jax.random.fold_in(jax.random.key(seed), 2)}
+  final = run_phase(workdir, 'distill', run_config, start, step, 1, 1, max_to_keep,
+                    lambda m: {f'final_{k}': float(v) for k, v in m.items()})
+  return final['params']
