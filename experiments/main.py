@@ -11,20 +11,24 @@ interrupted one continues from its last checkpoint. Demos are generated into <wo
 learning curves (PNG), TensorBoard files, metrics_<phase>.jsonl, run_info.json and GIFs.
 """
 
+import ctypes.util
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
-import jax
-import jax.numpy as jnp
-import matplotlib
-import numpy as np
-from ml_collections import config_flags
+if not os.environ.get('DISPLAY') and ctypes.util.find_library('OSMesa'):
+  os.environ.setdefault('MUJOCO_GL', 'osmesa')  # headless: software offscreen rendering for the videos
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # noqa: E402
@@ -106,7 +110,6 @@ def table(results: dict[str, dict], goals) -> str:
 
 
 def videos(env, agent, params, normalizers, goals, steps: int, workdir: str) -> list[str]:
-  render.check_gl(env.model)
   trajectory = rollout.agent_rollout(env, agent, params, normalizers, jax.random.split(jax.random.key(0), len(goals)),
                                      jnp.asarray(evaluation.goal_states(goals)), steps, deterministic=True)
   paths = []
@@ -127,11 +130,17 @@ def main(argv):
     raise app.UsageError(f'invalid config: {e}') from e
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
+  env = KitchenEnv(KitchenConfig(backend=config.backend, horizon=max(config.rrf.episode_steps,
+                                                                     config.eval.episode_steps)))
+  if config.demos.videos or config.eval.videos:
+    try:
+      render.check_gl(env.model)
+    except render.RenderError as e:
+      logging.warning('videos are off: %s', e)
+      config.demos.videos = config.eval.videos = 0
   run_config = phases.to_json(config)
   write_run_info(workdir, {'config': run_config, 'seed': config.seed, 'eval_seed': config.eval.seed})
   demos = load_padded(demos_path(config, workdir))
-  env = KitchenEnv(KitchenConfig(backend=config.backend, horizon=max(config.rrf.episode_steps,
-                                                                     config.eval.episode_steps)))
   print(f'{len(demos.lengths)} demos; {env.backend} backend on {jax.devices()}', flush=True)
   keep = dict(checkpoint_every=config.checkpoint_every, max_to_keep=config.max_to_keep)
   agent, ril_state = phases.ril(workdir, run_config, configs, demos, config.seed, config.ril.train_steps, **keep)

@@ -285,6 +285,23 @@ def test_a_corrupt_checkpoint_is_a_checkpoint_error_naming_the_step(tmp_path):
     checkpoint.load_state(str(tmp_path), _toy_state(0))
 
 
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_path):
+  with Checkpointer(str(tmp_path), {'run': 'toy'}) as ckpt:
+    ckpt.save(1, _toy_state(1))
+    ckpt.save(2, _toy_state(2))
+  for path in glob.glob(str(tmp_path / '2' / 'state' / '**' / 'd' / '*'), recursive=True):
+    with open(path, 'r+b') as f:
+      f.write(b'\xff' * os.path.getsize(path))
+  with Checkpointer(str(tmp_path), {'run': 'toy'}) as ckpt, pytest.warns(UserWarning, match=str(tmp_path / '2')):
+    step, state = ckpt.restore_latest_usable(_toy_state(0))
+  assert step == 1
+  _assert_identical(state, _toy_state(1))
+  with Checkpointer(str(tmp_path / 'empty'), {'run': 'toy'}) as ckpt:
+    assert ckpt.restore_latest_usable(_toy_state(0)) == (None, None)
+  with Checkpointer(str(tmp_path), {'run': 'toy'}) as ckpt, pytest.raises(checkpoint.CheckpointMismatch):
+    ckpt.restore_latest_usable({**_toy_state(0), 'b': jnp.zeros(5)})  # a changed shape refuses, no fallback
+
+
 # --- loading for evaluation -----------------------------------------------------------------------
 
 

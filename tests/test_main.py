@@ -1,0 +1,148 @@
+"""The main job end to end: config validation before anything compiles, the smoke preset writing its
+report, TensorBoard files and PNGs, and SIGKILL-then-resume ending bit for bit where an uninterrupted
+run ends (every phase's logged metrics, which are functions of the parameters at each step)."""
+
+import glob
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import pytest
+from ml_collections import config_dict
+
+from rpl_jax import phases
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = os.path.join(REPO, 'experiments', 'main.py')
+_SPEC = importlib.util.spec_from_file_location('main_config', os.path.join(REPO, 'experiments', 'configs', 'main.py'))
+main_config = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(main_config)
+
+
+def launch(*args: str, **kwargs) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, MAIN, *args], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def run_main(*args: str, timeout: float = 900) -> str:
+  process = launch(*args)
+  output = process.communicate(timeout=timeout)[0]
+  assert process.returncode == 0, output[-3000:]
+  return output
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+def smoke() -> config_dict.ConfigDict:
+  return main_config.get_config('smoke')
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda c: setattr(c.ril, 'window_low', 300), 'window_high must be >= window_low'),
+    (lambda c: setattr(c.rrf, 'variant', 'ppo'), 'unknown RRF variant'),
+    (lambda c: setattr(c.rrf, 'goals', 'microwave-toaster'), 'unknown kitchen element'),
+    (lambda c: setattr(c, 'backend', 'warp'), 'unknown backend'),
+    (lambda c: setattr(c.rrf, 'iterations', 0), 'rrf.iterations must be >= 1'),
+    (lambda c: setattr(c.rrf, 'buffer_episodes', 1), 'must hold one iteration'),
+])
+def test_invalid_configs_fail_with_a_message(change, message):
+  config = smoke()
+  change(config)
+  with pytest.raises(ValueError, match=message):
+    phases.build(config)
+
+
+def test_env_count_must_divide_over_devices_and_mjx_needs_an_accelerator(monkeypatch):
+  config = smoke()
+  config.rrf.num_envs, config.rrf.buffer_episodes = 6, 6
+  monkeypatch.setattr(jax, 'device_count', lambda: 4)
+  with pytest.raises(ValueError, match='not divisible by the 4 devices'):
+    phases.build(config)
+  monkeypatch.undo()
+  config.backend = 'mjx'
+  if jax.default_backend() == 'cpu':
+    with pytest.raises(ValueError, match="'mjx' is unavailable"):
+      phases.build(config)
+
+
+def test_unknown_presets_keys_and_bad_combinations_fail_on_the_command_line(tmp_path):
+  with pytest.raises(ValueError, match='unknown preset'):
+    main_config.get_config('huge')
+  for args, message in [(['--config.rrf.nope=1'], 'nope'),
+                        (['--config.ril.window_low=300'], 'window_high must be >= window_low')]:
+    process = launch(f'--workdir={tmp_path}', '--config.preset=smoke', *args)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode != 0 and message in output, output[-2000:]
+    assert not glob.glob(str(tmp_path / '*' / 'checkpoints'))  # failed before any phase ran
+
+
+def test_overrides_win_over_the_preset():
+  config = main_config.get_config('quick')
+  config.rrf.num_envs = 3
+  main_config.apply_preset(config, 'paper')
+  assert config.rrf.num_envs == 256  # a preset rewrites its keys; main.py re-applies command-line overrides after
+
+
+# --- end to end -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('smoke')
+  run_main(f'--workdir={workdir}', '--config.preset=smoke')
+  return workdir
+
+
+def test_smoke_preset_writes_the_report(smoke_run):
+  report = (smoke_run / 'report.md').read_text()
+  for text in ('## Evaluation', 'RIL', 'RRF per goal (iril)', 'distilled', 'rrf_curve.png', '"preset": "smoke"'):
+    assert text in report
+  assert glob.glob(str(smoke_run / '*.png'))
+  for phase in ('ril', 'rrf', 'distill'):
+    assert glob.glob(str(smoke_run / 'tensorboard' / phase / 'events.out.tfevents.*'))
+  info = json.loads((smoke_run / 'run_info.json').read_text())
+  assert info['extra']['eval_seed'] != info['extra']['seed'] or info['extra']['seed'] is None
+  results = json.loads((smoke_run / 'results.json').read_text())['results']
+  assert results['RIL']['episodes'] == 17 and results['RRF per goal (iril)']['episodes'] == 2
+  rrf = [json.loads(line) for line in (smoke_run / 'metrics_rrf.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in rrf] == [1, 2, 3]
+  assert all(0 <= r['step_completion'] <= 4 and r['low/kl'] is not None for r in rrf)
+
+
+def metrics(workdir) -> dict[str, list[dict]]:
+  """Every phase's logged metrics without the wall-clock fields."""
+  out = {}
+  for phase in ('ril', 'rrf', 'distill'):
+    with open(os.path.join(workdir, f'metrics_{phase}.jsonl')) as f:
+      out[phase] = [{k: v for k, v in json.loads(line).items() if k != 'time' and not k.startswith('perf/')}
+                    for line in f]
+  return out
+
+
+def test_sigkill_and_resume_ends_bit_for_bit_where_an_uninterrupted_run_does(smoke_run, tmp_path):
+  args = ['--config.preset=smoke', f'--config.demos.path={smoke_run / "demos"}', '--config.checkpoint_every=1',
+          '--config.rrf.iterations=5', '--config.eval.videos=0']
+  run_main(f'--workdir={tmp_path / "whole"}', *args)
+
+  killed = tmp_path / 'killed'
+  process = launch(f'--workdir={killed}', *args)
+  deadline = time.time() + 600
+  while not os.path.isdir(killed / 'rrf' / 'checkpoints' / '2') and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert process.poll() is None, 'the run ended before it could be killed mid-RRF'
+  process.send_signal(signal.SIGKILL)
+  process.communicate()
+  assert not os.path.exists(killed / 'report.md')
+  output = run_main(f'--workdir={killed}', *args)
+  assert 'rrf: resuming after step' in output and 'ril: resuming after step 4 of 4' in output
+  whole, resumed = metrics(tmp_path / 'whole'), metrics(killed)
+  assert [r['step'] for r in resumed['rrf']] == [1, 2, 3, 4, 5]
+  assert resumed == whole
+  assert json.loads((killed / 'results.json').read_text())['results'] == \
+      json.loads((tmp_path / 'whole' / 'results.json').read_text())['results']
