@@ -119,12 +119,13 @@ def videos(env, agent, params, normalizers, goals, steps: int, workdir: str) -> 
   return paths
 
 
-def main(argv):
+def main(argv, config=None):
+  """The whole job; `config` defaults to the command line's (resolve_config)."""
   del argv
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   try:
-    config = resolve_config()
+    config = config or resolve_config()
     configs = phases.build(config)
   except (ValueError, KeyError, AttributeError) as e:
     raise app.UsageError(f'invalid config: {e}') from e
@@ -143,7 +144,8 @@ def main(argv):
   demos = load_padded(demos_path(config, workdir))
   print(f'{len(demos.lengths)} demos; {env.backend} backend on {jax.devices()}', flush=True)
   keep = dict(checkpoint_every=config.checkpoint_every, max_to_keep=config.max_to_keep)
-  agent, ril_state = phases.ril(workdir, run_config, configs, demos, config.seed, config.ril.train_steps, **keep)
+  agent, ril_state = phases.ril(workdir, run_config, configs, demos, config.seed, config.ril.train_steps, **keep,
+                                from_workdir=config.ril.from_workdir)
   tuned = phases.fine_tune(workdir, run_config, configs, env, agent, ril_state, demos, config.seed,
                            config.rrf.iterations, **keep)
   distilled = phases.distillation(workdir, run_config, configs, env, agent, ril_state, tuned, config.seed,
@@ -161,9 +163,10 @@ def main(argv):
   }
   gifs = videos(env, agent, distilled, normalizers, configs.eval_goals[:config.eval.videos], steps, workdir) \
       if config.eval.videos else []
-  pngs = [curve(workdir, 'ril', ['nll_low', 'nll_high'], 'RIL: negative log-likelihood', 'ril_curve.png'),
-          curve(workdir, 'rrf', ['success', 'step_completion', 'low/reward', 'low/kl'],
-                f'RRF ({config.rrf.variant}), mean over {len(configs.rrf_goals)} goals', 'rrf_curve.png')]
+  pngs = [] if config.ril.from_workdir else [
+      curve(workdir, 'ril', ['nll_low', 'nll_high'], 'RIL: negative log-likelihood', 'ril_curve.png')]
+  pngs.append(curve(workdir, 'rrf', ['success', 'step_completion', 'low/reward', 'low/kl'],
+                    f'RRF ({config.rrf.variant}), mean over {len(configs.rrf_goals)} goals', 'rrf_curve.png'))
   write_atomic(os.path.join(workdir, 'results.json'),
                lambda f: f.write(json.dumps({'config': run_config, 'results': results}, indent=1).encode()))
   goals = list(dict.fromkeys(configs.rrf_goals + configs.eval_goals))

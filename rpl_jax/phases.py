@@ -13,6 +13,7 @@ cursor), so on a CPU a resumed run ends bit for bit where an uninterrupted one d
 import dataclasses
 import functools
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,7 @@ from ml_collections import config_dict
 from envs.kitchen import physics as kitchen_physics
 from envs.kitchen import tasks
 from rpl_jax import distill, networks, npg, relabel, rrf, train
-from rpl_jax.checkpoint import Checkpointer
+from rpl_jax.checkpoint import Checkpointer, load_state
 from rpl_jax.logs import MetricsLogger, Progress
 from rpl_jax.relabel import RelabelConfig
 
@@ -127,13 +128,17 @@ def run_phase(workdir: str, phase: str, run_config: dict[str, Any], state, step:
 
 
 def ril(workdir: str, run_config: dict, configs: RunConfigs, demos, seed: int, train_steps: int,
-        checkpoint_every: int, max_to_keep: int) -> tuple[Any, train.BCState]:
-  """RIL on `demos` (host PaddedDemos). Returns (agent, final BCState)."""
+        checkpoint_every: int, max_to_keep: int, from_workdir: str = '') -> tuple[Any, train.BCState]:
+  """RIL on `demos` (host PaddedDemos), or, with `from_workdir`, the final RIL state of that run
+  directory (its network sizes must match this config's). Returns (agent, BCState)."""
   relabel.check_windows(configs.bc.relabel, demos.lengths)
   agent = train.make_agent(configs.bc)
+  state = train.init_state(agent, configs.bc, demos, jax.random.key(seed))
+  if from_workdir:
+    print(f'ril: the final checkpoint of {from_workdir}', flush=True)
+    return agent, load_state(os.path.join(from_workdir, 'ril', 'checkpoints'), state)
   device_demos = train.device_demos(demos)
   compiled = train.jit_train_step(agent, configs.bc)
-  state = train.init_state(agent, configs.bc, demos, jax.random.key(seed))
   state = run_phase(workdir, 'ril', run_config, state, lambda s: compiled(s, device_demos), train_steps,
                     checkpoint_every, max_to_keep, lambda m: {k: float(v) for k, v in m.items()})
   return agent, state

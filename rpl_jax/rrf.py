@@ -198,25 +198,19 @@ def _bc_gradient(network: networks.GaussianPolicy, params, normalizer, batches) 
   return ravel_pytree(jax.grad(log_likelihood)(params))[0]
 
 
-def _pools(config: RRFConfig, demos: PaddedDemos | None, buffer: RingBuffer | None):
-  return [pool for pool in (demos, None if buffer is None else buffer.episodes) if pool is not None]
-
-
-def _low_bc_batches(config: RRFConfig, key, pools):
+def _bc_batches(config: RRFConfig, level: str, key: jax.Array, pools: list[PaddedDemos]):
+  """Per pool, (a minibatch of the level's relabeled tuples as log_prob inputs, the pool's tuple
+  count): Algorithm 2 for the low level, Algorithm 3 for the high level."""
   r = config.relabel
   batches = []
   for pool, k in zip(pools, jax.random.split(key, len(pools))):
-    b = relabel.sample_low(k, pool, r.window_low, config.bc_batch_size)
-    batches.append(((b.observations, b.goals, b.actions), jnp.sum(relabel.tuple_counts(pool.lengths, r.window_low))))
-  return batches
-
-
-def _high_bc_batches(config: RRFConfig, key, pools):
-  r = config.relabel
-  batches = []
-  for pool, k in zip(pools, jax.random.split(key, len(pools))):
-    b = relabel.sample_high(k, pool, r.window_low, r.window_high, config.bc_batch_size)
-    batches.append(((b.observations, b.goals, b.subgoals), jnp.sum(relabel.tuple_counts(pool.lengths, r.window_high))))
+    if level == 'low':
+      b = relabel.sample_low(k, pool, r.window_low, config.bc_batch_size)
+      inputs, window = (b.observations, b.goals, b.actions), r.window_low
+    else:
+      b = relabel.sample_high(k, pool, r.window_low, r.window_high, config.bc_batch_size)
+      inputs, window = (b.observations, b.goals, b.subgoals), r.window_high
+    batches.append((inputs, jnp.sum(relabel.tuple_counts(pool.lengths, window))))
   return batches
 
 
@@ -238,7 +232,8 @@ def _level_samples(config: RRFConfig, horizon: int, trajectory, goal: jax.Array)
     rewards = jax.vmap(lambda r: jax.ops.segment_sum(r, segment, num_segments=len(decisions)))(trajectory.rewards)
     num_envs = observations.shape[0]
     samples['high'] = dict(obs=observations[:, decisions],
-                           goal=jnp.broadcast_to(goal, (num_envs, len(decisions), tasks.NQ)), output=trajectory.subgoals[:, decisions], reward=rewards,
+                           goal=jnp.broadcast_to(goal, (num_envs, len(decisions), tasks.NQ)),
+                           output=trajectory.subgoals[:, decisions], reward=rewards,
                            next_obs=observations[:, following], ends=decisions == decisions[-1])
   return samples
 
@@ -264,7 +259,7 @@ def make_rrf_step(env, agent: Agent, config: RRFConfig):
     if buffer is not None:
       buffer = buffer_add(buffer, trajectory.observations, trajectory.actions)
     samples = _level_samples(config, agent.horizon, trajectory, goal)
-    pools = _pools(config, demos if config.uses_demos else None, buffer)
+    pools = [pool for pool in (demos, None if buffer is None else buffer.episodes) if pool is not None]
     weight = dapg_weight(config, state.iteration)
     metrics = {'success': jnp.mean(trajectory.success[:, -1]),
                'step_completion': jnp.mean(trajectory.step_completion[:, -1]),
@@ -273,18 +268,21 @@ def make_rrf_step(env, agent: Agent, config: RRFConfig):
     params, values, value_opt_state, skipped = dict(state.params), dict(state.values), dict(state.value_opt_state), 0
     level_keys = dict(zip(config.levels, jax.random.split(bc_key, len(config.levels))))
     fit_keys = dict(zip(config.levels, jax.random.split(value_key, len(config.levels))))
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # [N, T, ...] -> [N * T, ...]
     for level in config.levels:
       network, normalizer, s = agent.by_level[level], state.normalizers[level], samples[level]
-      flat = lambda x: x.reshape((-1,) + x.shape[2:])
-      value = lambda obs, g: value_net.apply(values[level], normalizer, flat(obs), flat(g)).reshape(obs.shape[:2])
+
+      def predict(obs, goal, level=level, normalizer=normalizer):
+        return value_net.apply(values[level], normalizer, flat(obs), flat(goal)).reshape(obs.shape[:2])
+
       advantages, returns = jax.vmap(functools.partial(npg.gae, gamma=config.gamma, lam=config.gae_lambda))(
-          s['reward'], value(s['obs'], s['goal']), value(s['next_obs'], s['goal']),
+          s['reward'], predict(s['obs'], s['goal']), predict(s['next_obs'], s['goal']),
           jnp.zeros_like(s['reward'], bool), jnp.broadcast_to(s['ends'], s['reward'].shape))
       batch = npg.NPGBatch(flat(s['obs']), flat(s['goal']), flat(s['output']), npg.whiten(flat(advantages)))
       extra = None
       if config.uses_demos:
-        sampler = _low_bc_batches if level == 'low' else _high_bc_batches
-        extra = weight * _bc_gradient(network, params[level], normalizer, sampler(config, level_keys[level], pools))
+        extra = weight * _bc_gradient(network, params[level], normalizer,
+                                      _bc_batches(config, level, level_keys[level], pools))
       params[level], info = npg.natural_gradient_update(network, params[level], normalizer, batch, config.update, extra)
       values[level], value_opt_state[level], value_loss = npg.fit_value(
           value_net, values[level], value_opt_state[level], normalizer, batch.obs, batch.goal, flat(returns),

@@ -146,3 +146,17 @@ def test_sigkill_and_resume_ends_bit_for_bit_where_an_uninterrupted_run_does(smo
   assert resumed == whole
   assert json.loads((killed / 'results.json').read_text())['results'] == \
       json.loads((tmp_path / 'whole' / 'results.json').read_text())['results']
+
+
+def test_train_rpl_starts_from_the_ril_checkpoint(smoke_run, tmp_path):
+  """Same config and seed on the smoke run's RIL checkpoint: no RIL training, and the RRF phase
+  retraces the smoke run's exactly."""
+  process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'train_rpl.py'),
+                            f'--ril_workdir={smoke_run}', f'--workdir={tmp_path}', '--config.preset=smoke',
+                            '--config.eval.videos=0'], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                           capture_output=True, text=True, timeout=900)
+  assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
+  assert not os.path.exists(tmp_path / 'metrics_ril.jsonl') and (tmp_path / 'report.md').exists()
+  strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != 'time' and not k.startswith('perf/')}
+                        for line in path.read_text().splitlines()]
+  assert strip(tmp_path / 'metrics_rrf.jsonl') == strip(smoke_run / 'metrics_rrf.jsonl')

@@ -13,7 +13,10 @@ from ml_collections import config_dict
 from envs.kitchen import tasks
 
 PRESETS = {
-    'quick': {},
+    # Our low level rarely lands within the sparse reward's thresholds of its 30-d subgoal, so sparse
+    # rewards are all 0 and the gradient is value-baseline noise: over 15 DAPG iterations step
+    # completion fell 0.26 -> 0.05 with sparse and held at 0.20-0.27 with euclidean (BUILD_NOTES.md).
+    'quick': {'rrf.low_reward': 'euclidean'},
     'paper': {
         'demos.num_demos': 400,
         'ril.train_steps': 2000,
@@ -48,6 +51,7 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   config.demos.videos = 2
 
   config.ril = config_dict.ConfigDict()
+  config.ril.from_workdir = ''  # a run directory whose final RIL state to start from instead of training
   config.ril.window_low = 30
   config.ril.window_high = 260
   config.ril.horizon = 30
