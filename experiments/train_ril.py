@@ -31,6 +31,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 from envs.kitchen import KitchenConfig, KitchenEnv, render, tasks  # noqa: E402
 from rpl_jax import evaluation, networks, relabel, rollout, train  # noqa: E402
 from rpl_jax.data import load_padded  # noqa: E402
+from rpl_jax.logs import Progress  # noqa: E402
 
 _DEMOS = flags.DEFINE_string('demos', 'data/play', 'Demo dataset directory (experiments/generate_demos.py).')
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/rpl_ril', 'Where results, tables, plots and videos go.')
@@ -76,11 +77,11 @@ def _trainer(env, demos, device_demos, config: train.BCConfig):
   def run(seed: int):
     state = train.init_state(agent, config, demos, jax.random.key(seed))
     curve, start = [], time.perf_counter()
-    for i in range(_TRAIN_STEPS.value):
-      state, metrics = step(state, device_demos)
-      curve.append({'updates': int(state.updates), **{k: float(v) for k, v in metrics.items()}})
-      if i == 0 or (i + 1) % max(_TRAIN_STEPS.value // 5, 1) == 0:
-        print(f'  {config.method} seed {seed}: {curve[-1]}', flush=True)
+    with Progress(_TRAIN_STEPS.value, f'{config.method} seed {seed}', unit='steps') as bar:
+      for _ in range(_TRAIN_STEPS.value):
+        state, metrics = step(state, device_demos)
+        curve.append({'updates': int(state.updates), **{k: float(v) for k, v in metrics.items()}})
+        bar.update(1, **{k: f'{v:.3g}' for k, v in curve[-1].items() if k.startswith('nll')})
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     result = evaluation.summarize(evaluate(state.params, state.normalizers, jax.random.key(1000 + seed),
