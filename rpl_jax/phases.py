@@ -23,10 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_dict
 
+from envs.kitchen import ACTION_DIM, tasks
 from envs.kitchen import physics as kitchen_physics
-from envs.kitchen import tasks
 from rpl_jax import distill, networks, npg, relabel, rrf, train
-from rpl_jax.checkpoint import Checkpointer, load_state
+from rpl_jax.checkpoint import Checkpointer, load_state, read_config
+from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.logs import MetricsLogger, Progress
 from rpl_jax.relabel import RelabelConfig
 
@@ -193,3 +194,37 @@ def distillation(workdir: str, run_config: dict, configs: RunConfigs, env, agent
   final = run_phase(workdir, 'distill', run_config, start, step, 1, 1, max_to_keep,
                     lambda m: {f'final_{k}': float(v) for k, v in m.items()})
   return final['params']
+
+
+# --- loading from a run directory -----------------------------------------------------------------
+
+
+def _ril_target(agent, bc: train.BCConfig) -> train.BCState:
+  """A BCState of the right structure and shapes (values unused) for restoring."""
+  steps = bc.relabel.window_high
+  placeholder = PaddedDemos(np.zeros((1, steps + 1, tasks.NQ), np.float32), np.zeros((1, steps, ACTION_DIM), np.float32),
+                            np.array([steps], np.int32))
+  return train.init_state(agent, bc, placeholder, jax.random.key(0))
+
+
+def load_policy(workdir: str, phase: str = 'distill') -> tuple[Any, dict[str, Any], dict[str, Any], tuple[str, ...]]:
+  """(agent, params, normalizers, goals) of a main-job run directory alone, from the final checkpoint
+  of `phase`: 'ril' and 'distill' give one agent for every goal (goals: the run's eval goals),
+  'rrf' the per-goal agents, params stacked over `goals` (the run's rrf goals)."""
+  if phase not in ('ril', 'rrf', 'distill'):
+    raise ValueError(f"phase must be 'ril', 'rrf' or 'distill', got {phase!r}.")
+  config = config_dict.ConfigDict(read_config(os.path.join(workdir, phase, 'checkpoints')))
+  configs = build(config)
+  agent = train.make_agent(configs.bc)
+  ril_dir = os.path.join(config.ril.from_workdir or workdir, 'ril', 'checkpoints')
+  ril_state = load_state(ril_dir, _ril_target(agent, configs.bc))
+  if phase == 'ril':
+    return agent, ril_state.params, ril_state.normalizers, configs.eval_goals
+  if phase == 'distill':
+    target = {'params': ril_state.params, 'key': jax.random.key(0)}
+    return agent, load_state(os.path.join(workdir, 'distill', 'checkpoints'), target)['params'], \
+        ril_state.normalizers, configs.eval_goals
+  keys = jax.random.split(jax.random.key(0), len(configs.rrf_goals))
+  target = jax.vmap(lambda k: rrf.init_state(agent, configs.rrf, ril_state.params, ril_state.normalizers, k))(keys)
+  tuned = load_state(os.path.join(workdir, 'rrf', 'checkpoints'), target)
+  return agent, tuned.params, ril_state.normalizers, configs.rrf_goals

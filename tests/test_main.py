@@ -15,7 +15,8 @@ import jax
 import pytest
 from ml_collections import config_dict
 
-from rpl_jax import phases
+from envs.kitchen import KitchenConfig, KitchenEnv
+from rpl_jax import evaluation, phases
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, 'experiments', 'main.py')
@@ -160,3 +161,18 @@ def test_train_rpl_starts_from_the_ril_checkpoint(smoke_run, tmp_path):
   strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != 'time' and not k.startswith('perf/')}
                         for line in path.read_text().splitlines()]
   assert strip(tmp_path / 'metrics_rrf.jsonl') == strip(smoke_run / 'metrics_rrf.jsonl')
+
+
+def test_policies_load_from_the_run_directory_alone(smoke_run):
+  """Re-evaluating the loaded agents with the run's evaluation seed reproduces its report numbers."""
+  results = json.loads((smoke_run / 'results.json').read_text())['results']
+  config = json.loads((smoke_run / 'rrf' / 'checkpoints' / 'config.json').read_text())
+  env = KitchenEnv(KitchenConfig(backend='cpu', horizon=config['eval']['episode_steps']))
+  key = jax.random.key(config['eval']['seed'])
+  for phase, name in (('distill', 'distilled'), ('rrf', 'RRF per goal (iril)'), ('ril', 'RIL')):
+    agent, params, normalizers, goals = phases.load_policy(str(smoke_run), phase)
+    evaluate = evaluation.make_evaluator(env, agent, config['eval']['episode_steps'], per_goal=phase == 'rrf')
+    summary = evaluation.summarize(evaluate(params, normalizers, key, goals, config['eval']['episodes']))
+    assert summary == results[name]
+  with pytest.raises(ValueError, match='phase must be'):
+    phases.load_policy(str(smoke_run), 'eval')
