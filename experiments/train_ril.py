@@ -3,10 +3,12 @@
 Trains each method for each seed with the compiled BC step (rpl_jax/train.py), evaluates it on the
 17 compound goals and writes, in --workdir: results.json (every run's summary and training curve),
 table.md and table.csv (mean and spread over seeds, beside the paper's numbers), success.png (bar
-plots of success and step completion) and, with --videos, GIFs of RIL episodes.
+plots of success and step completion) and, with --config.videos, GIFs of RIL episodes. The config
+is experiments/configs/train_ril.py; override any key with --config.<key>=...
 
-  python experiments/train_ril.py --demos=data/play --workdir=/tmp/ril
-  python experiments/train_ril.py --demos=data/play --methods=ril --seeds=1 --train_steps=10 --eval_episodes=2
+  python experiments/train_ril.py --config.demos=data/play --workdir=/tmp/ril
+  python experiments/train_ril.py --config.demos=data/play --config.methods=ril --config.seeds=1 \
+      --config.train_steps=10 --config.eval_episodes=2
 
 The demos come from experiments/generate_demos.py (or any rpl_jax demo dataset). Rendering videos
 needs MUJOCO_GL=osmesa or egl on a headless host.
@@ -20,6 +22,7 @@ import time
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 import jax
 import jax.numpy as jnp
 import matplotlib
@@ -33,26 +36,17 @@ from rpl_jax import evaluation, networks, relabel, rollout, train  # noqa: E402
 from rpl_jax.data import load_padded  # noqa: E402
 from rpl_jax.logs import Progress  # noqa: E402
 
-_DEMOS = flags.DEFINE_string('demos', 'data/play', 'Demo dataset directory (experiments/generate_demos.py).')
+_CONFIG = config_flags.DEFINE_config_file('config', os.path.join(os.path.dirname(__file__), 'configs', 'train_ril.py'),
+                                          'The experiment config (experiments/configs/train_ril.py).')
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/rpl_ril', 'Where results, tables, plots and videos go.')
-_METHODS = flags.DEFINE_list('methods', list(train.METHODS), f'Methods to train, from {train.METHODS}.')
-_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per method (0..seeds-1).')
-_TRAIN_STEPS = flags.DEFINE_integer('train_steps', 40, 'Calls of the compiled step (each --updates_per_step updates).')
-_UPDATES = flags.DEFINE_integer('updates_per_step', 50, 'Gradient updates per compiled call.')
-_BATCH = flags.DEFINE_integer('batch_size', 256, 'Relabeled tuples per level per update.')
-_LR = flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate.')
-_HIDDEN = flags.DEFINE_list('hidden', ['256', '256'], 'Hidden layer sizes of every policy.')
-_WINDOW_LOW = flags.DEFINE_integer('window_low', 30, 'W_l: low-level relabeling window.')
-_WINDOW_HIGH = flags.DEFINE_integer('window_high', 260, 'W_h: high-level window (also the GCBC window).')
-_HORIZON = flags.DEFINE_integer('horizon', 30, 'H: steps between high-level subgoals.')
-_GOALS = flags.DEFINE_list('goals', list(tasks.COMPOUND_GOALS), 'Compound goals to evaluate on.')
-_EVAL_EPISODES = flags.DEFINE_integer('eval_episodes', 10, 'Episodes per goal.')
-_EPISODE_STEPS = flags.DEFINE_integer(
-    'episode_steps', 700, 'Evaluation episode length. The paper used 280 for human demos; our scripted play '
-    'takes 400-700 steps for four elements, so the default matches its budget.')
-_STOCHASTIC = flags.DEFINE_bool('stochastic', False, 'Evaluate sampled actions instead of the policy mean.')
-_BACKEND = flags.DEFINE_enum('backend', 'auto', ['auto', 'mjx', 'cpu'], 'Physics backend.')
-_VIDEOS = flags.DEFINE_integer('videos', 0, 'RIL episodes to render as GIFs (first seed, first goals).')
+
+def _goals() -> list[str]:
+  return [g.strip() for g in _CONFIG.value.goals.split(',') if g.strip()]
+
+
+def _methods() -> list[str]:
+  return [m.strip() for m in _CONFIG.value.methods.split(',') if m.strip()]
+
 
 # Gupta et al. 2019, Table 1 (17 goals, human demos): success %, average step completion.
 PAPER = {'ril': (21.7, 2.4), 'gcbc': (8.8, 2.2), 'gcbc_final': (7.6, 1.78)}
@@ -62,9 +56,10 @@ LABELS = {'ril': 'RIL', 'gcbc': 'GCBC with relabeling', 'gcbc_final': 'GCBC with
 def _config(method: str) -> train.BCConfig:
   return train.BCConfig(
       method=method,
-      relabel=relabel.RelabelConfig(_WINDOW_LOW.value, _WINDOW_HIGH.value, _HORIZON.value),
-      policy=networks.PolicyConfig(hidden=tuple(int(h) for h in _HIDDEN.value)),
-      batch_size=_BATCH.value, updates_per_step=_UPDATES.value, learning_rate=_LR.value)
+      relabel=relabel.RelabelConfig(_CONFIG.value.window_low, _CONFIG.value.window_high, _CONFIG.value.horizon),
+      policy=networks.PolicyConfig(hidden=tuple(_CONFIG.value.hidden)),
+      batch_size=_CONFIG.value.batch_size, updates_per_step=_CONFIG.value.updates_per_step,
+      learning_rate=_CONFIG.value.learning_rate)
 
 
 def _trainer(env, demos, device_demos, config: train.BCConfig):
@@ -72,20 +67,20 @@ def _trainer(env, demos, device_demos, config: train.BCConfig):
   evaluator are built once, so further seeds reuse their compilations."""
   agent = train.make_agent(config)
   step = train.jit_train_step(agent, config)
-  evaluate = evaluation.make_evaluator(env, agent, _EPISODE_STEPS.value, deterministic=not _STOCHASTIC.value)
+  evaluate = evaluation.make_evaluator(env, agent, _CONFIG.value.episode_steps, deterministic=not _CONFIG.value.stochastic)
 
   def run(seed: int):
     state = train.init_state(agent, config, demos, jax.random.key(seed))
     curve, start = [], time.perf_counter()
-    with Progress(_TRAIN_STEPS.value, f'{config.method} seed {seed}', unit='steps') as bar:
-      for _ in range(_TRAIN_STEPS.value):
+    with Progress(_CONFIG.value.train_steps, f'{config.method} seed {seed}', unit='steps') as bar:
+      for _ in range(_CONFIG.value.train_steps):
         state, metrics = step(state, device_demos)
         curve.append({'updates': int(state.updates), **{k: float(v) for k, v in metrics.items()}})
         bar.update(1, **{k: f'{v:.3g}' for k, v in curve[-1].items() if k.startswith('nll')})
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     result = evaluation.summarize(evaluate(state.params, state.normalizers, jax.random.key(1000 + seed),
-                                           _GOALS.value, _EVAL_EPISODES.value))
+                                           _goals(), _CONFIG.value.eval_episodes))
     result.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - start, curve=curve)
     return result, agent, state
 
@@ -138,11 +133,11 @@ def _plot(results: dict, path: str) -> None:
 
 def _videos(env, agent, state, workdir: str) -> None:
   render.check_gl(env.model)
-  goals = _GOALS.value[:_VIDEOS.value]
+  goals = _goals()[:_CONFIG.value.videos]
   trajectory = rollout.agent_rollout(env, agent, state.params, state.normalizers,
                                      jax.random.split(jax.random.key(0), len(goals)),
-                                     jnp.asarray(evaluation.goal_states(goals)), _EPISODE_STEPS.value,
-                                     deterministic=not _STOCHASTIC.value)
+                                     jnp.asarray(evaluation.goal_states(goals)), _CONFIG.value.episode_steps,
+                                     deterministic=not _CONFIG.value.stochastic)
   # Observations carry the env's small observation noise (about 1e-3); close enough to draw.
   for goal, observations in zip(goals, np.asarray(trajectory.observations)):
     path = os.path.join(workdir, f'ril_{goal}.gif')
@@ -152,36 +147,36 @@ def _videos(env, agent, state, workdir: str) -> None:
 
 def main(argv):
   del argv
-  unknown = set(_METHODS.value) - set(train.METHODS)
+  unknown = set(_methods()) - set(train.METHODS)
   if unknown:
     raise app.UsageError(f'unknown methods {sorted(unknown)}; choose from {train.METHODS}.')
-  if _SEEDS.value < 1 or _TRAIN_STEPS.value < 1:
-    raise app.UsageError('--seeds and --train_steps must be >= 1.')
-  configs = {method: _config(method) for method in _METHODS.value}  # bad windows or sizes fail here
-  for goal in _GOALS.value:
+  if _CONFIG.value.seeds < 1 or _CONFIG.value.train_steps < 1:
+    raise app.UsageError('--config.seeds and --config.train_steps must be >= 1.')
+  configs = {method: _config(method) for method in _methods()}  # bad windows or sizes fail here
+  for goal in _goals():
     tasks.parse_elements(goal)
-  demos = load_padded(_DEMOS.value)
-  relabel.check_windows(configs[_METHODS.value[0]].relabel, demos.lengths)
+  demos = load_padded(_CONFIG.value.demos)
+  relabel.check_windows(configs[_methods()[0]].relabel, demos.lengths)
   os.makedirs(_WORKDIR.value, exist_ok=True)
-  env = KitchenEnv(KitchenConfig(backend=_BACKEND.value, horizon=_EPISODE_STEPS.value))
-  print(f'{len(demos.lengths)} demos ({int(demos.lengths.sum())} steps) from {_DEMOS.value}; {env.backend} backend')
+  env = KitchenEnv(KitchenConfig(backend=_CONFIG.value.backend, horizon=_CONFIG.value.episode_steps))
+  print(f'{len(demos.lengths)} demos ({int(demos.lengths.sum())} steps) from {_CONFIG.value.demos}; {env.backend} backend')
 
   device_demos = train.device_demos(demos)
   results = {}
   for method, config in configs.items():
     results[method] = []
     run = _trainer(env, demos, device_demos, config)
-    for seed in range(_SEEDS.value):
+    for seed in range(_CONFIG.value.seeds):
       summary, agent, state = run(seed)
       print(f'{method} seed {seed}: success {summary["success"]:.1%}, step completion '
             f'{summary["step_completion"]:.2f} (train {summary["train_seconds"]:.0f} s, '
             f'eval {summary["eval_seconds"]:.0f} s)', flush=True)
       results[method].append(summary)
-      if method == 'ril' and seed == 0 and _VIDEOS.value:
+      if method == 'ril' and seed == 0 and _CONFIG.value.videos:
         _videos(env, agent, state, _WORKDIR.value)
 
   with open(os.path.join(_WORKDIR.value, 'results.json'), 'w') as f:
-    json.dump({'flags': {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(__name__)},
+    json.dump({'config': json.loads(_CONFIG.value.to_json()),
                'configs': {m: dataclasses.asdict(c) for m, c in configs.items()},
                'results': results}, f, indent=1)
   _write_tables(_table(results), _WORKDIR.value)

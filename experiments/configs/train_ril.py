@@ -1,0 +1,33 @@
+"""experiments/train_ril.py: RIL against the two GCBC baselines on one demo dataset (Table 1).
+
+  python experiments/train_ril.py --workdir=/tmp/ril --config.demos=data/play
+  python experiments/train_ril.py --workdir=/tmp/ril --config.methods=ril --config.seeds=1 --config.train_steps=10
+"""
+
+from ml_collections import config_dict
+
+from envs.kitchen import tasks
+from rpl_jax import train
+
+
+def get_config() -> config_dict.ConfigDict:
+  config = config_dict.ConfigDict()
+  config.demos = 'data/play'  # a dataset directory (experiments/generate_demos.py)
+  config.methods = ','.join(train.METHODS)  # comma-separated, from train.METHODS
+  config.seeds = 3  # seeds 0..seeds-1 per method
+  config.train_steps = 40  # calls of the compiled step, each `updates_per_step` updates
+  config.updates_per_step = 50
+  config.batch_size = 256  # relabeled tuples per level per update
+  config.learning_rate = 1e-3
+  config.hidden = (256, 256)
+  config.window_low = 30  # W_l
+  config.window_high = 260  # W_h (also the GCBC window)
+  config.horizon = 30  # H
+  config.goals = ','.join(tasks.COMPOUND_GOALS)
+  config.eval_episodes = 10
+  # The paper used 280 steps for human demos; our scripted play takes 400-700 steps for four elements.
+  config.episode_steps = 700
+  config.stochastic = False  # evaluate sampled actions instead of the policy mean
+  config.backend = 'auto'
+  config.videos = 0  # RIL episodes to render as GIFs (first seed, first goals)
+  return config
