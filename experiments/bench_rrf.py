@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs.kitchen import ACTION_DIM, KitchenConfig, KitchenEnv, tasks
-from rpl_jax import networks, rrf, train
+from rpl_jax import rrf, train
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.rollout import hierarchical_rollout
 

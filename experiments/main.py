@@ -72,8 +72,9 @@ def demos_path(config, workdir: str) -> str:
   if not os.path.exists(os.path.join(path, 'summary.json')):
     resume = os.path.exists(os.path.join(path, 'metadata.json'))
     command = [sys.executable, os.path.join(REPO, 'experiments', 'generate_demos.py'), f'--out_dir={path}',
-               f'--num_demos={config.demos.num_demos}', f'--batch_size={config.demos.batch_size}',
-               f'--seed={config.seed}', f'--backend={config.backend}', f'--videos={config.demos.videos}']
+               f'--config.num_demos={config.demos.num_demos}', f'--config.batch_size={config.demos.batch_size}',
+               f'--config.seed={config.seed}', f'--config.backend={config.backend}',
+               f'--config.videos={config.demos.videos}']
     print('generating demos:', ' '.join(command + ['--resume'] * resume), flush=True)
     subprocess.run(command + ['--resume'] * resume, check=True, env=dict(os.environ, PYTHONPATH=REPO))
   return path
