@@ -108,8 +108,7 @@ def run_phase(workdir: str, phase: str, run_config: dict[str, Any], state, step:
     if done:
       print(f'{phase}: resuming after step {done} of {total}', flush=True)
     with MetricsLogger(workdir, resume_step=done or None, phase=phase) as log, \
-         Progress(total, phase, unit='steps') as bar:
-      bar.update(done)
+         Progress(total - done, phase if not done else f'{phase} after step {done}', unit='steps') as bar:
       for i in range(done, total):
         start = time.perf_counter()
         state, metrics = step(state)
