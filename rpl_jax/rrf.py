@@ -36,7 +36,7 @@ import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from envs.kitchen import tasks
+from envs.kitchen import ACTION_DIM, tasks
 from rpl_jax import networks, npg, relabel
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.relabel import RelabelConfig
@@ -145,7 +145,7 @@ def low_reward(kind: str, state: jax.Array, subgoal: jax.Array, reach_threshold:
 def empty_buffer(config: RRFConfig) -> RingBuffer:
   capacity, steps = config.buffer_episodes, config.episode_steps
   episodes = PaddedDemos(jnp.zeros((capacity, steps + 1, tasks.NQ), jnp.float32),
-                         jnp.zeros((capacity, steps, 9), jnp.float32), jnp.zeros((capacity,), jnp.int32))
+                         jnp.zeros((capacity, steps, ACTION_DIM), jnp.float32), jnp.zeros((capacity,), jnp.int32))
   return RingBuffer(episodes, jnp.zeros((), jnp.int32))
 
 
