@@ -215,7 +215,7 @@ def load_policy(workdir: str, phase: str = 'distill') -> tuple[Any, dict[str, An
   config = config_dict.ConfigDict(read_config(os.path.join(workdir, phase, 'checkpoints')))
   configs = build(config)
   agent = train.make_agent(configs.bc)
-  ril_dir = os.path.join(config.ril.from_workdir or workdir, 'ril', 'checkpoints')
+  ril_dir = os.path.join(config.ril.get('from_workdir') or workdir, 'ril', 'checkpoints')  # older runs lack the key
   ril_state = load_state(ril_dir, _ril_target(agent, configs.bc))
   if phase == 'ril':
     return agent, ril_state.params, ril_state.normalizers, configs.eval_goals
