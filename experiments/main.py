@@ -141,7 +141,7 @@ def main(argv, config=None):
       logging.warning('videos are off: %s', e)
       config.demos.videos = config.eval.videos = 0
   run_config = phases.to_json(config)
-  write_run_info(workdir, {'config': run_config, 'seed': config.seed, 'eval_seed': config.eval.seed})
+  info = write_run_info(workdir, {'config': run_config, 'seed': config.seed, 'eval_seed': config.eval.seed})
   demos = load_padded(demos_path(config, workdir))
   print(f'{len(demos.lengths)} demos; {env.backend} backend on {jax.devices()}', flush=True)
   keep = dict(checkpoint_every=config.checkpoint_every, max_to_keep=config.max_to_keep)
@@ -174,12 +174,14 @@ def main(argv, config=None):
   report = (f'# rpl_jax run: {workdir}\n\npreset `{config.preset}`, seed {config.seed} (evaluation seed '
             f'{config.eval.seed}), {env.backend} backend, {len(demos.lengths)} demos.\n\n'
             f'## Evaluation ({episodes} episodes per goal, {steps} steps, deterministic)\n\n'
-            'Per-goal cells: success % / step completion. The RRF row covers its fine-tuned goals only. '
+            'Cells: success % / step completion. The RRF column covers its fine-tuned goals only. '
             'Paper, Table 1 (17 goals, human demos): RIL 21.7 % / 2.4.\n\n' + table(results, goals) +
             '\n## Learning curves\n\n' + ''.join(f'![{p}]({p})\n\n' for p in pngs) +
             '## Videos\n\n' + ''.join(f'- [{g}]({g})\n' for g in gifs) +
             '\n## Files\n\nmetrics_<phase>.jsonl, tensorboard/ (`tensorboard --logdir ' + os.path.join(workdir, 'tensorboard')
             + '`), <phase>/checkpoints/, run_info.json (versions, devices), results.json.\n\n'
+            '## Versions and devices\n\n' + ', '.join(f'{k} {v}' for k, v in info['packages'].items()) +
+            f"; devices {info['devices']}; git {info['git']['commit']}\n\n"
             '## Config\n\n```json\n' + json.dumps(run_config, indent=1) + '\n```\n')
   write_atomic(os.path.join(workdir, 'report.md'), lambda f: f.write(report.encode()))
   print(table(results, goals))
