@@ -80,6 +80,14 @@ def jit_update(config: npg.NPGConfig):
                                                                                config))
 
 
+def machine(load_before, load_after) -> dict:
+  """The host, JAX and load averages around a measurement, for the JSON record."""
+  return {'platform': platform.platform(), 'cpu_count': os.cpu_count(), 'jax': jax.__version__,
+          'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
+          'xla_flags': os.environ.get('XLA_FLAGS', ''), 'load_average_before': load_before,
+          'load_average_after': load_after}
+
+
 def timed(run, repeats: int) -> list[float]:
   """Seconds of `repeats` calls of `run` (which blocks on its result), after a warm-up call."""
   run()
@@ -253,10 +261,7 @@ def main(argv):
               f"KL {torch['kl_ratio']:.4f}")
 
   result = {
-      'machine': {'platform': platform.platform(), 'cpu_count': os.cpu_count(), 'jax': jax.__version__,
-                  'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
-                  'xla_flags': os.environ.get('XLA_FLAGS', ''), 'load_average_before': load_before,
-                  'load_average_after': load_after},
+      'machine': machine(load_before, load_after),
       'flags': {f.name: f.value for f in (_SIZES, _FISHER_SUBSAMPLES, _REPEATS, _TORCH_PYTHON,
                                           _TORCH_FVP, _TORCH_THREADS, _TORCH_OMP_WAIT_POLICY, _INCLUDE_COMPILE,
                                           _MATMUL_SIZE, _MATMUL_REPEATS, _SEED)},

@@ -20,7 +20,6 @@ Prints a table and writes JSON.
 
 import json
 import os
-import platform
 import statistics
 
 from absl import app
@@ -28,7 +27,7 @@ from absl import flags
 import jax
 import optax
 
-from experiments import bench_npg
+import bench_npg  # experiments/bench_npg.py, beside this file
 from rpl_jax import networks, npg
 
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 56000, 'Batch size (samples).')
@@ -126,10 +125,7 @@ def main(argv):
   print('update memory: ' + ', '.join(f'{name} {size / MIB:.1f} MiB' for name, size in memory.items()))
 
   result = {
-      'machine': {'platform': platform.platform(), 'cpu_count': os.cpu_count(), 'jax': jax.__version__,
-                  'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
-                  'xla_flags': os.environ.get('XLA_FLAGS', ''), 'load_average_before': load_before,
-                  'load_average_after': load_after},
+      'machine': bench_npg.machine(load_before, load_after),
       'flags': {name: FLAGS[name].value for name in (
           'num_samples', 'fisher_subsample', 'workdir', 'trace_calls', 'value_epochs',
           'value_batch_size', 'repeats', 'matmul_size', 'matmul_repeats', 'seed')},
