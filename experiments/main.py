@@ -25,7 +25,6 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -34,7 +33,7 @@ matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # noqa: E402
 
 from envs.kitchen import KitchenConfig, KitchenEnv, render  # noqa: E402
-from rpl_jax import evaluation, phases, rollout  # noqa: E402
+from rpl_jax import evaluation, phases  # noqa: E402
 from rpl_jax.data import load_padded  # noqa: E402
 from rpl_jax.files import write_atomic  # noqa: E402
 from rpl_jax.logs import write_run_info  # noqa: E402
@@ -110,16 +109,6 @@ def table(results: dict[str, dict], goals) -> str:
   return header + ''.join(f'| {name} | ' + ' | '.join(cell(s) for s in summaries) + ' |\n' for name, summaries in rows)
 
 
-def videos(env, agent, params, normalizers, goals, steps: int, workdir: str) -> list[str]:
-  trajectory = rollout.agent_rollout(env, agent, params, normalizers, jax.random.split(jax.random.key(0), len(goals)),
-                                     jnp.asarray(evaluation.goal_states(goals)), steps, deterministic=True)
-  paths = []
-  for goal, observations in zip(goals, np.asarray(trajectory.observations)):
-    paths.append(f'distilled_{goal}.gif')
-    render.write_gif(os.path.join(workdir, paths[-1]), render.render_frames(env.model, observations[::2]))
-  return paths
-
-
 def main(argv, config=None):
   """The whole job; `config` defaults to the command line's (resolve_config)."""
   del argv
@@ -162,8 +151,9 @@ def main(argv, config=None):
           per_goal(tuned.params, normalizers, key, configs.rrf_goals, episodes)),
       'distilled': evaluation.summarize(shared(distilled, normalizers, key, configs.eval_goals, episodes)),
   }
-  gifs = videos(env, agent, distilled, normalizers, configs.eval_goals[:config.eval.videos], steps, workdir) \
-      if config.eval.videos else []
+  gifs = [os.path.basename(path) for path in evaluation.write_videos(
+      env, agent, distilled, normalizers, configs.eval_goals[:config.eval.videos], steps, True, workdir, 'distilled')
+  ] if config.eval.videos else []
   pngs = [] if config.ril.from_workdir else [
       curve(workdir, 'ril', ['nll_low', 'nll_high'], 'RIL: negative log-likelihood', 'ril_curve.png')]
   pngs.append(curve(workdir, 'rrf', ['success', 'step_completion', 'low/reward', 'low/kl'],

@@ -24,7 +24,6 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 import jax
-import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
@@ -32,7 +31,7 @@ matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # noqa: E402
 
 from envs.kitchen import KitchenConfig, KitchenEnv, render, tasks  # noqa: E402
-from rpl_jax import evaluation, networks, relabel, rollout, train  # noqa: E402
+from rpl_jax import evaluation, networks, relabel, train  # noqa: E402
 from rpl_jax.data import load_padded  # noqa: E402
 from rpl_jax.logs import Progress  # noqa: E402
 
@@ -133,15 +132,8 @@ def _plot(results: dict, path: str) -> None:
 
 def _videos(env, agent, state, workdir: str) -> None:
   render.check_gl(env.model)
-  goals = _goals()[:_CONFIG.value.videos]
-  trajectory = rollout.agent_rollout(env, agent, state.params, state.normalizers,
-                                     jax.random.split(jax.random.key(0), len(goals)),
-                                     jnp.asarray(evaluation.goal_states(goals)), _CONFIG.value.episode_steps,
-                                     deterministic=not _CONFIG.value.stochastic)
-  # Observations carry the env's small observation noise (about 1e-3); close enough to draw.
-  for goal, observations in zip(goals, np.asarray(trajectory.observations)):
-    path = os.path.join(workdir, f'ril_{goal}.gif')
-    render.write_gif(path, render.render_frames(env.model, observations[::2]))
+  for path in evaluation.write_videos(env, agent, state.params, state.normalizers, _goals()[:_CONFIG.value.videos],
+                                      _CONFIG.value.episode_steps, not _CONFIG.value.stochastic, workdir, 'ril'):
     print(f'video: {path}')
 
 

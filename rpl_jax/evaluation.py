@@ -7,6 +7,7 @@ success is all four. `summarize` turns the raw arrays into the tables that the e
 """
 
 import functools
+import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs.kitchen import tasks
+from envs.kitchen import render, tasks
 from rpl_jax.rollout import Agent, agent_rollout
 
 
@@ -78,3 +79,18 @@ def summarize(evaluation: Evaluation) -> dict:
           'episodes': int(evaluation.success.size),
           'nan_steps': int(evaluation.nan_steps.sum()),
           'per_goal': per_goal, 'per_element': per_element}
+
+
+def write_videos(env, agent: Agent, params, normalizers, goals: Sequence[str], num_steps: int, deterministic: bool,
+                 directory: str, prefix: str) -> list[str]:
+  """One episode per goal rendered as `<directory>/<prefix>_<goal>.gif` (every 2nd state, from reset
+  key 0); returns the paths. Needs an offscreen OpenGL platform (envs.kitchen.render)."""
+  goals = tuple(goals)
+  trajectory = agent_rollout(env, agent, params, normalizers, jax.random.split(jax.random.key(0), len(goals)),
+                             jnp.asarray(goal_states(goals)), num_steps, deterministic=deterministic)
+  paths = []
+  # Observations carry the env's small observation noise (about 1e-3); close enough to draw.
+  for goal, observations in zip(goals, np.asarray(trajectory.observations)):
+    paths.append(os.path.join(directory, f'{prefix}_{goal}.gif'))
+    render.write_gif(paths[-1], render.render_frames(env.model, observations[::2, :tasks.NQ]))
+  return paths
