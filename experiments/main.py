@@ -25,6 +25,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import jax  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -33,7 +34,7 @@ matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # noqa: E402
 
 from envs.kitchen import KitchenConfig, KitchenEnv, render  # noqa: E402
-from rpl_jax import evaluation, phases  # noqa: E402
+from rpl_jax import evaluation, parallel, phases  # noqa: E402
 from rpl_jax.data import load_padded  # noqa: E402
 from rpl_jax.files import write_atomic  # noqa: E402
 from rpl_jax.logs import write_run_info  # noqa: E402
@@ -41,6 +42,10 @@ from rpl_jax.logs import write_run_info  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file('config', os.path.join(os.path.dirname(__file__), 'configs', 'main.py'),
                                           'The run config (experiments/configs/main.py).')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/quick', 'The run directory; rerun the same command to resume.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'Multi-host: host:port of process 0 '
+                                   '(jax.distributed.initialize); empty: one process.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 1, 'Multi-host: the number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', 0, 'Multi-host: this process (0 writes the logs and report).')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,11 +69,12 @@ def resolve_config():
 
 
 def demos_path(config, workdir: str) -> str:
-  """The dataset directory, generated first when it has no complete dataset."""
+  """The dataset directory, generated first (by process 0, the others waiting) when it has no
+  complete dataset."""
   if config.demos.path:
     return config.demos.path
   path = os.path.join(workdir, 'demos')
-  if not os.path.exists(os.path.join(path, 'summary.json')):
+  if parallel.is_writer() and not os.path.exists(os.path.join(path, 'summary.json')):
     resume = os.path.exists(os.path.join(path, 'metadata.json'))
     command = [sys.executable, os.path.join(REPO, 'experiments', 'generate_demos.py'), f'--out_dir={path}',
                f'--config.num_demos={config.demos.num_demos}', f'--config.batch_size={config.demos.batch_size}',
@@ -76,6 +82,8 @@ def demos_path(config, workdir: str) -> str:
                f'--config.videos={config.demos.videos}']
     print('generating demos:', ' '.join(command + ['--resume'] * resume), flush=True)
     subprocess.run(command + ['--resume'] * resume, check=True, env=dict(os.environ, PYTHONPATH=REPO))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('demos generated')
   return path
 
 
@@ -115,6 +123,7 @@ def main(argv, config=None):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   try:
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = config or resolve_config()
     configs = phases.build(config)
   except (ValueError, KeyError, AttributeError) as e:
@@ -130,7 +139,8 @@ def main(argv, config=None):
       logging.warning('videos are off: %s', e)
       config.demos.videos = config.eval.videos = 0
   run_config = phases.to_json(config)
-  info = write_run_info(workdir, {'config': run_config, 'seed': config.seed, 'eval_seed': config.eval.seed})
+  info = parallel.is_writer() and write_run_info(
+      workdir, {'config': run_config, 'seed': config.seed, 'eval_seed': config.eval.seed})
   demos = load_padded(demos_path(config, workdir))
   print(f'{len(demos.lengths)} demos; {env.backend} backend on {jax.devices()}', flush=True)
   keep = dict(checkpoint_every=config.checkpoint_every, max_to_keep=config.max_to_keep)
@@ -140,15 +150,18 @@ def main(argv, config=None):
                            config.rrf.iterations, **keep)
   distilled = phases.distillation(workdir, run_config, configs, env, agent, ril_state, tuned, config.seed,
                                   config.max_to_keep)
+  if not parallel.is_writer():
+    return  # process 0 evaluates (on its first device) and writes the report
+  ril_params, tuned_params, distilled, normalizers = jax.device_get(
+      (ril_state.params, tuned.params, distilled, ril_state.normalizers))
 
   steps, episodes, key = config.eval.episode_steps, config.eval.episodes, jax.random.key(config.eval.seed)
   shared = evaluation.make_evaluator(env, agent, steps)
   per_goal = evaluation.make_evaluator(env, agent, steps, per_goal=True)
-  normalizers = ril_state.normalizers
   results = {
-      'RIL': evaluation.summarize(shared(ril_state.params, normalizers, key, configs.eval_goals, episodes)),
+      'RIL': evaluation.summarize(shared(ril_params, normalizers, key, configs.eval_goals, episodes)),
       f'RRF per goal ({config.rrf.variant})': evaluation.summarize(
-          per_goal(tuned.params, normalizers, key, configs.rrf_goals, episodes)),
+          per_goal(tuned_params, normalizers, key, configs.rrf_goals, episodes)),
       'distilled': evaluation.summarize(shared(distilled, normalizers, key, configs.eval_goals, episodes)),
   }
   gifs = [os.path.basename(path) for path in evaluation.write_videos(

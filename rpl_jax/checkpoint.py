@@ -10,8 +10,10 @@ A run directory holds
 
 Each step is written to a temporary directory and renamed on commit, so a kill during a save leaves the
 earlier steps intact; the leftovers are removed when the next Checkpointer opens the directory. Only the
-last `max_to_keep` steps are kept, and a step is deleted only after a newer one has committed. One writer
-per run directory at a time.
+last `max_to_keep` steps are kept, and a step is deleted only after a newer one has committed. One run per
+directory at a time; in a multi-host run every process opens it and saves together (orbax), and
+process 0 writes config.json. A state saved from one mesh restores onto another (a target state
+placed on the new devices): the device count may change between save and restore.
 
 `restore` rebuilds a state shaped like an example state (built the normal way, or from
 jax.ShapeDtypeStruct leaves): every leaf's saved shape and dtype are checked against it first, so a
@@ -68,6 +70,10 @@ def _config_diff(old: Any, new: Any, prefix: str = '') -> list[str]:
 
 
 def _write_json_atomic(path: str, value: Any) -> None:
+  """Written by process 0 only: in a multi-host run every process opens the Checkpointer (orbax saves
+  the state collectively)."""
+  if jax.process_index():
+    return
   text = json.dumps(value, indent=2, sort_keys=True).encode('utf-8')
   write_atomic(path, lambda f: f.write(text))
 
@@ -121,10 +127,9 @@ def _to_stored(state) -> tuple[Any, dict[str, str]]:
 def _abstract_stored(leaf):
   """What restoring `leaf` of a target state reads: a ShapeDtypeStruct for a device array (restored as a
   jax.Array) or a numpy array for a host value (restored as numpy)."""
-  if _is_key(leaf):
-    return jax.eval_shape(jax.random.key_data, leaf)
-  if isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct)):
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, 'sharding', None))
+  if isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct)):  # restored onto the target's sharding
+    stored = jax.eval_shape(jax.random.key_data, leaf) if _is_key(leaf) else leaf
+    return jax.ShapeDtypeStruct(stored.shape, stored.dtype, sharding=getattr(leaf, 'sharding', None))
   return np.zeros_like(np.asarray(leaf))
 
 

@@ -10,6 +10,7 @@ all in the checkpointed state, and the samplers draw minibatches from that key (
 cursor), so on a CPU a resumed run ends bit for bit where an uninterrupted one does.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -21,11 +22,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from ml_collections import config_dict
 
 from envs.kitchen import ACTION_DIM, tasks
 from envs.kitchen import physics as kitchen_physics
-from rpl_jax import distill, networks, npg, relabel, rrf, train
+from rpl_jax import distill, networks, npg, parallel, relabel, rrf, train
 from rpl_jax.checkpoint import Checkpointer, load_state, read_config
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.logs import MetricsLogger, Progress
@@ -39,6 +41,7 @@ class RunConfigs:
   distill: distill.DistillConfig
   rrf_goals: tuple[str, ...]
   eval_goals: tuple[str, ...]
+  mesh: Mesh  # RIL splits its minibatches over all devices; RRF its goals and envs over the goal and data axes
 
 
 def goal_list(goals: str) -> tuple[str, ...]:
@@ -71,11 +74,13 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
                       ('eval.episode_steps', config.eval.episode_steps)):
     if value < 1:
       raise ValueError(f'{name} must be >= 1, got {value}.')
-  devices = jax.device_count()
-  if r.num_envs % devices:
-    raise ValueError(f'rrf.num_envs={r.num_envs} is not divisible by the {devices} devices.')
   check_backend(config.backend)
-  return RunConfigs(bc, fine_tuning, distillation, goal_list(r.goals), goal_list(config.eval.goals))
+  rrf_goals = goal_list(r.goals)
+  mesh = parallel.make_mesh(data=config.mesh.data, goal=config.mesh.goal)
+  parallel.check_divisible(mesh, parallel.AXES, **{'ril.batch_size': config.ril.batch_size})
+  parallel.check_divisible(mesh, (parallel.GOAL,), **{'the number of rrf.goals': len(rrf_goals)})
+  parallel.check_divisible(mesh, (parallel.DATA,), **{'rrf.num_envs': r.num_envs, 'rrf.bc_batch_size': r.bc_batch_size})
+  return RunConfigs(bc, fine_tuning, distillation, rrf_goals, goal_list(config.eval.goals), mesh)
 
 
 def check_backend(backend: str) -> None:
@@ -107,8 +112,11 @@ def run_phase(workdir: str, phase: str, run_config: dict[str, Any], state, step:
     done, state = (0, state) if restored is None else (done, restored)
     if done:
       print(f'{phase}: resuming after step {done} of {total}', flush=True)
-    with MetricsLogger(workdir, resume_step=done or None, phase=phase) as log, \
-         Progress(total - done, phase if not done else f'{phase} after step {done}', unit='steps') as bar:
+    with contextlib.ExitStack() as stack:
+      writer = parallel.is_writer()  # the other processes of a multi-host run step and save, silently
+      log = writer and stack.enter_context(MetricsLogger(workdir, resume_step=done or None, phase=phase))
+      bar = writer and stack.enter_context(
+          Progress(total - done, phase if not done else f'{phase} after step {done}', unit='steps'))
       for i in range(done, total):
         start = time.perf_counter()
         state, metrics = step(state)
@@ -117,10 +125,12 @@ def run_phase(workdir: str, phase: str, run_config: dict[str, Any], state, step:
         values['perf/seconds'] = seconds
         if env_steps_per_call:
           values['perf/env_steps_per_s'] = env_steps_per_call / seconds
-        log.write(i + 1, values)
+        if writer:
+          log.write(i + 1, values)
         if (i + 1) % checkpoint_every == 0 or i + 1 == total:
           checkpoints.save(i + 1, state, metrics=values, force=True)
-        bar.update(1, **{k: f'{v:.3g}' for k, v in values.items() if k in ('nll_low', 'success', 'step_completion')})
+        if writer:
+          bar.update(1, **{k: f'{v:.3g}' for k, v in values.items() if k in ('nll_low', 'success', 'step_completion')})
   return state
 
 
@@ -137,8 +147,9 @@ def ril(workdir: str, run_config: dict, configs: RunConfigs, demos, seed: int, t
   if from_workdir:
     print(f'ril: the final checkpoint of {from_workdir}', flush=True)
     return agent, load_state(os.path.join(from_workdir, 'ril', 'checkpoints'), state)
-  device_demos = train.device_demos(demos)
-  compiled = train.jit_train_step(agent, configs.bc)
+  mesh = configs.mesh
+  state, device_demos = parallel.put((state, train.device_demos(demos)), mesh)
+  compiled = train.jit_train_step(agent, configs.bc, mesh)
   state = run_phase(workdir, 'ril', run_config, state, lambda s: compiled(s, device_demos), train_steps,
                     checkpoint_every, max_to_keep, lambda m: {k: float(v) for k, v in m.items()})
   return agent, state
@@ -166,8 +177,10 @@ def fine_tune(workdir: str, run_config: dict, configs: RunConfigs, env, agent, r
   keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), len(goals))
   state = jax.vmap(lambda k: rrf.init_state(agent, config, ril_state.params, ril_state.normalizers, k))(keys)
   goal_states = jnp.asarray(np.stack([tasks.goal_state(g) for g in goals]), jnp.float32)
-  device_demos = train.device_demos(demos) if config.uses_demos else None
-  compiled = rrf.jit_rrf_step(env, agent, config, per_goal=True)
+  mesh = configs.mesh
+  state, goal_states = parallel.put((state, goal_states), mesh, parallel.GOAL)
+  device_demos = parallel.put(train.device_demos(demos), mesh) if config.uses_demos else None
+  compiled = rrf.jit_rrf_step(env, agent, config, per_goal=True, mesh=mesh)
   return run_phase(workdir, 'rrf', run_config, state, lambda s: compiled(s, goal_states, device_demos), iterations,
                    checkpoint_every, max_to_keep, functools.partial(rrf_scalars, goals=goals),
                    env_steps_per_call=len(goals) * config.num_envs * config.episode_steps)
@@ -189,7 +202,8 @@ def distillation(workdir: str, run_config: dict, configs: RunConfigs, env, agent
     params, metrics = fit(state['params'], ril_state.normalizers, data, fit_key)
     return {'params': params, 'key': key}, {name: value[-1] for name, value in metrics.items()}
 
-  start = {'params': jax.tree.map(jnp.copy, ril_state.params), 'key': jax.random.fold_in(jax.random.key(seed), 2)}
+  start = parallel.put({'params': jax.tree.map(jnp.copy, ril_state.params),
+                        'key': jax.random.fold_in(jax.random.key(seed), 2)}, configs.mesh)
   final = run_phase(workdir, 'distill', run_config, start, step, 1, 1, max_to_keep,
                     lambda m: {f'final_{k}': float(v) for k, v in m.items()})
   return final['params']

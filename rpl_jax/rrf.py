@@ -37,7 +37,7 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from envs.kitchen import ACTION_DIM, tasks
-from rpl_jax import networks, npg, relabel
+from rpl_jax import networks, npg, parallel, relabel
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.relabel import RelabelConfig
 from rpl_jax.rollout import Agent, hierarchical_rollout
@@ -198,9 +198,10 @@ def _bc_gradient(network: networks.GaussianPolicy, params, normalizer, batches) 
   return ravel_pytree(jax.grad(log_likelihood)(params))[0]
 
 
-def _bc_batches(config: RRFConfig, level: str, key: jax.Array, pools: list[PaddedDemos]):
-  """Per pool, (a minibatch of the level's relabeled tuples as log_prob inputs, the pool's tuple
-  count): Algorithm 2 for the low level, Algorithm 3 for the high level."""
+def _bc_batches(config: RRFConfig, level: str, key: jax.Array, pools: list[PaddedDemos], mesh=None):
+  """Per pool, (a minibatch of the level's relabeled tuples as log_prob inputs, split over the
+  mesh's data axis, and the pool's tuple count): Algorithm 2 for the low level, Algorithm 3 for the
+  high level."""
   r = config.relabel
   batches = []
   for pool, k in zip(pools, jax.random.split(key, len(pools))):
@@ -210,7 +211,7 @@ def _bc_batches(config: RRFConfig, level: str, key: jax.Array, pools: list[Padde
     else:
       b = relabel.sample_high(k, pool, r.window_low, r.window_high, config.bc_batch_size)
       inputs, window = (b.observations, b.goals, b.subgoals), r.window_high
-    batches.append((inputs, jnp.sum(relabel.tuple_counts(pool.lengths, window))))
+    batches.append((parallel.shard_batch(inputs, mesh), jnp.sum(relabel.tuple_counts(pool.lengths, window))))
   return batches
 
 
@@ -238,9 +239,10 @@ def _level_samples(config: RRFConfig, horizon: int, trajectory, goal: jax.Array)
   return samples
 
 
-def make_rrf_step(env, agent: Agent, config: RRFConfig):
+def make_rrf_step(env, agent: Agent, config: RRFConfig, mesh=None):
   """`step(state, goal [30], demos | None) -> (state, metrics)`: one RRF iteration toward `goal`.
-  `demos` (device PaddedDemos) feed the BC term of dapg and iril; npg takes None."""
+  `demos` (device PaddedDemos) feed the BC term of dapg and iril; npg takes None. With a `mesh`
+  (rpl_jax.parallel), the envs and the BC minibatches are split over its data axis."""
   check_agent(agent, config)
   value_net, value_optimizer = make_value(config), optax.adam(config.value_learning_rate)
   steps = config.episode_steps
@@ -248,7 +250,7 @@ def make_rrf_step(env, agent: Agent, config: RRFConfig):
   def episodes(params, normalizers, key, goal):
     low, high = agent.policies(params, normalizers, deterministic=False)
     run = lambda k: hierarchical_rollout(env, low, high, agent.horizon, steps, k, goal)
-    return jax.vmap(run)(jax.random.split(key, config.num_envs))
+    return jax.vmap(run)(parallel.shard_batch(jax.random.split(key, config.num_envs), mesh))
 
   def step(state: RRFState, goal: jax.Array, demos: PaddedDemos | None):
     if config.uses_demos and demos is None:
@@ -282,7 +284,7 @@ def make_rrf_step(env, agent: Agent, config: RRFConfig):
       extra = None
       if config.uses_demos:
         extra = weight * _bc_gradient(network, params[level], normalizer,
-                                      _bc_batches(config, level, level_keys[level], pools))
+                                      _bc_batches(config, level, level_keys[level], pools, mesh))
       params[level], info = npg.natural_gradient_update(network, params[level], normalizer, batch, config.update, extra)
       values[level], value_opt_state[level], value_loss = npg.fit_value(
           value_net, values[level], value_opt_state[level], normalizer, batch.obs, batch.goal, flat(returns),
@@ -299,10 +301,16 @@ def make_rrf_step(env, agent: Agent, config: RRFConfig):
   return step
 
 
-def jit_rrf_step(env, agent: Agent, config: RRFConfig, per_goal: bool = False):
+def jit_rrf_step(env, agent: Agent, config: RRFConfig, per_goal: bool = False, mesh=None):
   """The compiled iteration with the state donated. `per_goal=True` vmaps it over goals: the state
-  stacked per goal (vmap `init_state` over keys) and goals [G, 30]; the demos are shared."""
-  step = make_rrf_step(env, agent, config)
+  stacked per goal (vmap `init_state` over keys) and goals [G, 30]; the demos are shared. With a
+  `mesh`, pass the inputs on it: per goal, the state and goals split over its goal axis
+  (parallel.put(x, mesh, parallel.GOAL)), else replicated; the demos replicated. The state stays
+  where it was."""
+  step = make_rrf_step(env, agent, config, mesh)
   if per_goal:
-    step = jax.vmap(step, in_axes=(0, 0, None))
-  return jax.jit(step, donate_argnums=0)
+    step = jax.vmap(step, in_axes=(0, 0, None), spmd_axis_name=None if mesh is None else parallel.GOAL)
+  if mesh is None:
+    return jax.jit(step, donate_argnums=0)
+  state_sharding = parallel.sharding(mesh, parallel.GOAL) if per_goal else parallel.sharding(mesh)
+  return jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, parallel.sharding(mesh)))

@@ -22,7 +22,7 @@ import optax
 from flax import struct
 
 from envs.kitchen import ACTION_DIM, tasks
-from rpl_jax import networks, relabel
+from rpl_jax import networks, parallel, relabel
 from rpl_jax.relabel import RelabelConfig
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.rollout import Agent
@@ -119,10 +119,10 @@ def init_state(agent: Agent, config: BCConfig, demos: PaddedDemos, key: jax.Arra
                  opt_state=make_optimizer(config).init(params), key=key, updates=jnp.zeros((), jnp.int32))
 
 
-def make_train_step(agent: Agent, config: BCConfig):
+def make_train_step(agent: Agent, config: BCConfig, mesh=None):
   """`step(state, demos) -> (state, metrics)`: `updates_per_step` updates of every level. Metrics are
   means over those updates: the negative log-likelihood of each level ('nll_low', 'nll_high') and the
-  gradient norm."""
+  gradient norm. With a `mesh` (rpl_jax.parallel), each minibatch is split over all its devices."""
   samplers = _samplers(config)
   optimizer = make_optimizer(config)
 
@@ -134,7 +134,8 @@ def make_train_step(agent: Agent, config: BCConfig):
   def update(carry, key):
     params, opt_state, normalizers, demos = carry
     keys = dict(zip(agent.levels, jax.random.split(key, len(agent.levels))))
-    batches = {level: samplers[level](keys[level], demos) for level in agent.levels}
+    batches = {level: parallel.shard_batch(samplers[level](keys[level], demos), mesh, parallel.AXES)
+               for level in agent.levels}
     (_, nll), grads = jax.value_and_grad(loss, has_aux=True)(params, normalizers, batches)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     metrics = {f'nll_{level}': value for level, value in nll.items()}
@@ -152,9 +153,13 @@ def make_train_step(agent: Agent, config: BCConfig):
   return step
 
 
-def jit_train_step(agent: Agent, config: BCConfig):
-  """The compiled step, with the training state's buffers donated."""
-  return jax.jit(make_train_step(agent, config), donate_argnums=0)
+def jit_train_step(agent: Agent, config: BCConfig, mesh=None):
+  """The compiled step, with the training state's buffers donated. With a `mesh`, pass the state and
+  demos replicated on it (parallel.put); they stay there."""
+  step = make_train_step(agent, config, mesh)
+  if mesh is None:
+    return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, donate_argnums=0, out_shardings=parallel.sharding(mesh))
 
 
 def device_demos(demos: PaddedDemos) -> PaddedDemos:

@@ -44,6 +44,12 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   config.checkpoint_every = 5  # phase steps (RIL calls, RRF iterations) between checkpoints
   config.max_to_keep = 3
 
+  # Devices (rpl_jax.parallel): a goal x data mesh over every device of every host. RRF splits its
+  # per-goal states over `goal` and each goal's envs over `data`; RIL splits minibatches over both.
+  config.mesh = config_dict.ConfigDict()
+  config.mesh.goal = 1
+  config.mesh.data = 0  # 0: all the devices the goal axis leaves
+
   config.demos = config_dict.ConfigDict()
   config.demos.path = ''  # a dataset directory; empty: <workdir>/demos, generated if missing
   config.demos.num_demos = 60
