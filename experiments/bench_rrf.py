@@ -1,13 +1,19 @@
-"""One RRF iteration, per-goal vmapped: compile time, iteration time, env-steps/s, the share spent in
-the rollout (the same rollout jitted alone), and the compile count over the iterations.
+"""One RRF iteration, per-goal vmapped: compile time, iteration time, env-steps/s, the rollout's time
+(the same rollout jitted alone) and the rest of the iteration (relabeling, advantages, NPG, value
+fit), and the compile count over the iterations. With --devices, a weak-scaling run: the envs per
+goal grow with the devices of the mesh's data axis (rpl_jax.parallel), --num_envs per device.
 
   python experiments/bench_rrf.py --goals=3 --num_envs=32 --iterations=10 --out=experiments/bench_rrf_cpu.json
   python experiments/bench_rrf.py --backend=mjx --goals=17 --num_envs=256   # an accelerator
+  python experiments/bench_rrf.py --devices=1,2,4 --host_devices=4 --out=experiments/bench_scaling_cpu.json
+  python experiments/bench_rrf.py --backend=mjx --devices=1,2,4,8 --num_envs=512   # an 8-GPU host
 
+--host_devices splits a CPU host into virtual devices (XLA's --xla_force_host_platform_device_count).
 The agent is RIL-shaped with fresh weights; the BC pools are synthetic demos (timing only).
 """
 
 import json
+import os
 import time
 
 from absl import app
@@ -17,25 +23,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs.kitchen import ACTION_DIM, KitchenConfig, KitchenEnv, tasks
-from rpl_jax import rrf, train
+from rpl_jax import parallel, rrf, train
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.rollout import hierarchical_rollout
 
 _BACKEND = flags.DEFINE_enum('backend', 'auto', ['auto', 'mjx', 'cpu'], 'Physics backend.')
 _GOALS = flags.DEFINE_integer('goals', 3, 'Compound goals fine-tuned at once (the first of the 17).')
-_NUM_ENVS = flags.DEFINE_integer('num_envs', 32, 'Episodes per goal per iteration.')
+_NUM_ENVS = flags.DEFINE_integer('num_envs', 32, 'Episodes per goal per iteration (per device with --devices).')
 _STEPS = flags.DEFINE_integer('episode_steps', 280, 'Steps per episode.')
 _ITERATIONS = flags.DEFINE_integer('iterations', 10, 'Timed iterations after the first (compiling) one.')
 _VARIANT = flags.DEFINE_enum('variant', 'dapg', list(rrf.VARIANTS), 'RRF variant.')
+_DEVICES = flags.DEFINE_list('devices', [], 'Weak scaling: data-axis device counts to run (e.g. 1,2,4); empty: '
+                             'one run without a mesh.')
+_HOST_DEVICES = flags.DEFINE_integer('host_devices', 0, 'Virtual CPU devices to create (0: the host as one).')
 _OUT = flags.DEFINE_string('out', None, 'JSON output path.')
 
 
-def main(argv):
-  del argv
-  env = KitchenEnv(KitchenConfig(backend=_BACKEND.value, horizon=_STEPS.value))
+def measure(env, num_envs: int, mesh) -> dict:
+  """Times the per-goal iteration and its rollout for `num_envs` envs per goal on `mesh` (or None)."""
   bc = train.BCConfig()
-  config = rrf.RRFConfig(variant=_VARIANT.value, num_envs=_NUM_ENVS.value, episode_steps=_STEPS.value,
-                         buffer_episodes=max(256, _NUM_ENVS.value))
+  config = rrf.RRFConfig(variant=_VARIANT.value, num_envs=num_envs, episode_steps=_STEPS.value,
+                         buffer_episodes=max(256, num_envs))
   rng = np.random.default_rng(0)
   steps = 300
   demos = PaddedDemos(np.asarray(tasks.INIT_QPOS, np.float32) + 0.01 * rng.normal(size=(8, steps + 1, tasks.NQ)).astype(
@@ -46,8 +54,9 @@ def main(argv):
   goals = jnp.asarray(np.stack([tasks.goal_state(g) for g in goal_names]), jnp.float32)
   state = jax.vmap(lambda k: rrf.init_state(agent, config, ril.params, ril.normalizers, k))(
       jax.random.split(jax.random.key(1), len(goal_names)))
-  step = rrf.jit_rrf_step(env, agent, config, per_goal=True)
-  device_demos = train.device_demos(demos)
+  state, goals = parallel.put((state, goals), mesh, parallel.GOAL)
+  params, normalizers, device_demos = parallel.put((ril.params, ril.normalizers, train.device_demos(demos)), mesh)
+  step = rrf.jit_rrf_step(env, agent, config, per_goal=True, mesh=mesh)
 
   start = time.perf_counter()
   state, metrics = jax.block_until_ready(step(state, goals, device_demos))
@@ -58,10 +67,11 @@ def main(argv):
   jax.block_until_ready(metrics)
   iteration = (time.perf_counter() - start) / _ITERATIONS.value
 
-  low, high = agent.policies(ril.params, ril.normalizers, deterministic=False)
+  low, high = agent.policies(params, normalizers, deterministic=False)
   episode = lambda k, g: hierarchical_rollout(env, low, high, agent.horizon, _STEPS.value, k, g)
-  rollout = jax.jit(jax.vmap(lambda k, g: jax.vmap(episode, in_axes=(0, None))(jax.random.split(k, _NUM_ENVS.value), g)))
-  keys = jax.random.split(jax.random.key(2), len(goal_names))
+  per_goal = lambda k, g: jax.vmap(episode, in_axes=(0, None))(parallel.shard_batch(jax.random.split(k, num_envs), mesh), g)
+  rollout = jax.jit(jax.vmap(per_goal, spmd_axis_name=None if mesh is None else parallel.GOAL))
+  keys = parallel.put(jax.random.split(jax.random.key(2), len(goal_names)), mesh, parallel.GOAL)
   jax.block_until_ready(rollout(keys, goals))
   start = time.perf_counter()
   for _ in range(3):
@@ -69,13 +79,33 @@ def main(argv):
   jax.block_until_ready(out)
   rollout_seconds = (time.perf_counter() - start) / 3
 
-  env_steps = len(goal_names) * _NUM_ENVS.value * _STEPS.value
-  result = {'backend': env.backend, 'device': str(jax.devices()[0]), 'variant': _VARIANT.value,
-            'goals': len(goal_names), 'num_envs': _NUM_ENVS.value, 'episode_steps': _STEPS.value,
-            'first_call_s': first, 'compile_s_estimate': first - iteration, 'iteration_s': iteration,
-            'env_steps_per_iteration': env_steps, 'env_steps_per_s': env_steps / iteration,
-            'rollout_s': rollout_seconds, 'rollout_share': rollout_seconds / iteration,
-            'compiles': step._cache_size(), 'iterations_timed': _ITERATIONS.value}
+  env_steps = len(goal_names) * num_envs * _STEPS.value
+  return {'devices': parallel.devices_along(mesh, parallel.AXES), 'goals': len(goal_names), 'num_envs': num_envs,
+          'first_call_s': first, 'compile_s_estimate': first - iteration, 'iteration_s': iteration,
+          'env_steps_per_iteration': env_steps, 'env_steps_per_s': env_steps / iteration,
+          'rollout_s': rollout_seconds, 'rollout_share': rollout_seconds / iteration,
+          'update_s': iteration - rollout_seconds, 'compiles': step._cache_size()}
+
+
+def main(argv):
+  del argv
+  if _HOST_DEVICES.value:  # before JAX creates its CPU backend
+    os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={_HOST_DEVICES.value}"
+  env = KitchenEnv(KitchenConfig(backend=_BACKEND.value, horizon=_STEPS.value))
+  result = {'backend': env.backend, 'device': str(jax.devices()[0]), 'device_count': jax.device_count(),
+            'cpu_cores': os.cpu_count(), 'variant': _VARIANT.value, 'episode_steps': _STEPS.value,
+            'iterations_timed': _ITERATIONS.value}
+  if not _DEVICES.value:
+    result.update(measure(env, _NUM_ENVS.value, None))
+  else:
+    runs = []
+    for n in map(int, _DEVICES.value):
+      mesh = parallel.make_mesh(devices=jax.devices()[:n])
+      runs.append(measure(env, _NUM_ENVS.value * n, mesh))
+      print(json.dumps(runs[-1]), flush=True)
+    result['weak_scaling'] = runs
+    result['efficiency'] = [r['env_steps_per_s'] / (runs[0]['env_steps_per_s'] * r['devices'] / runs[0]['devices'])
+                            for r in runs]
   print(json.dumps(result, indent=1))
   if _OUT.value:
     with open(_OUT.value, 'w') as f:

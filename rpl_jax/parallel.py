@@ -35,6 +35,7 @@ def initialize_distributed(coordinator_address: str, num_processes: int, process
   if num_processes < 1 or not 0 <= process_id < num_processes:
     raise ValueError(f'need num_processes >= 1 and 0 <= process_id < num_processes, got {num_processes} and '
                      f'{process_id}.')
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU hosts (tests); accelerators ignore it
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
@@ -76,9 +77,20 @@ def sharding(mesh: Mesh, *spec) -> NamedSharding:
 
 
 def put(tree, mesh: Mesh | None, *spec):
-  """`tree` on the mesh with every leaf's leading axes split as `spec` (no spec: replicated);
-  unchanged without a mesh."""
-  return tree if mesh is None else jax.device_put(tree, sharding(mesh, *spec))
+  """`tree` (host values or this process's arrays, the same on every process) on the mesh, every
+  leaf's leading axes split as `spec` (no spec: replicated); unchanged without a mesh. Works when the
+  mesh spans hosts, where `jax.device_put` cannot place a committed array."""
+  if mesh is None:
+    return tree
+  target = sharding(mesh, *spec)
+
+  def place(leaf):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(place(jax.random.key_data(leaf)), impl=jax.random.key_impl(leaf))
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+
+  return jax.tree.map(place, tree)
 
 
 def shard_batch(tree, mesh: Mesh | None, axes: tuple[str, ...] = (DATA,)):
