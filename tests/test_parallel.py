@@ -8,6 +8,7 @@ script in a subprocess with --xla_force_host_platform_device_count=4 (`python te
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ import pytest
 from envs.kitchen import KitchenConfig, KitchenEnv, tasks
 from rpl_jax import networks, parallel, rrf, train
 from rpl_jax.checkpoint import Checkpointer
+from jax.experimental import multihost_utils
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.relabel import RelabelConfig
 
@@ -55,53 +57,85 @@ def on_all_devices(tree, mesh) -> None:
 # --- the 4-device checks (run in the subprocess) ---------------------------------------------------
 
 
-def check_ril_step():
-  """Two RIL calls: the same parameters on 1 and 4 devices; the gradient all-reduces across them."""
+def ril_results(mesh, check_all_reduce: bool = False):
+  """Parameters and metrics after two RIL calls on `mesh`."""
   agent, data = train.make_agent(BC), demos()
-  results = {}
-  for name, mesh in meshes().items():
-    state = train.init_state(agent, BC, data, jax.random.key(0))
-    state, device_demos = parallel.put((state, train.device_demos(data)), mesh)
-    step = train.jit_train_step(agent, BC, mesh)
-    for _ in range(2):
-      state, metrics = step(state, device_demos)
-    on_all_devices(state, mesh)
-    results[name] = jax.device_get((state.params, metrics))
-    if name == '4':
-      hlo = step.lower(state, device_demos).compile().as_text()
-      assert 'all-reduce' in hlo, 'no cross-device reduction in the 4-device RIL step'
-  for name in ('4', '2x2'):
-    close(results[name], results['1'], rtol=1e-5, atol=1e-6)
+  state = train.init_state(agent, BC, data, jax.random.key(0))
+  state, device_demos = parallel.put((state, train.device_demos(data)), mesh)
+  step = train.jit_train_step(agent, BC, mesh)
+  for _ in range(2):
+    state, metrics = step(state, device_demos)
+  on_all_devices(state, mesh)
+  if check_all_reduce:
+    assert 'all-reduce' in step.lower(state, device_demos).compile().as_text(), 'no cross-device reduction'
+  return fetch((state.params, metrics))
 
 
-def check_rrf_step():
-  """One per-goal IRIL iteration (rollout, relabeled BC pools, NPG with CG, value fit) over 2 goals:
-  the same parameter update and metrics on 1 device, 4 data devices and 2 goals x 2 data devices."""
-  env = KitchenEnv(KitchenConfig(backend='cpu'))
+def rrf_results(env, mesh, check_all_reduce: bool = False):
+  """One per-goal IRIL iteration (rollout, relabeled BC pools, NPG with CG, value fit) over 2 goals
+  on `mesh`: the low level, the value nets, the IRIL buffer, the metrics and the low level's start."""
   agent, data = train.make_agent(BC), demos()
   bc_state = train.init_state(agent, BC, data, jax.random.key(0))
   config = rrf.RRFConfig(variant='iril', num_envs=8, episode_steps=8, low_reward='euclidean', relabel=WINDOWS,
                          value_hidden=(8,), value_batch_size=16, bc_batch_size=16, buffer_episodes=8)
   goals = jnp.asarray(np.stack([tasks.goal_state(g) for g in GOALS]), jnp.float32)
-  results = {}
-  for name, mesh in meshes().items():
-    keys = jax.random.split(jax.random.key(1), len(GOALS))
-    state = jax.vmap(lambda k: rrf.init_state(agent, config, bc_state.params, bc_state.normalizers, k))(keys)
-    state, goal_states = parallel.put((state, goals), mesh, parallel.GOAL)
-    step = rrf.jit_rrf_step(env, agent, config, per_goal=True, mesh=mesh)
-    device_demos = parallel.put(train.device_demos(data), mesh)
-    if name == '4':
-      hlo = step.lower(state, goal_states, device_demos).compile().as_text()
-      assert 'all-reduce' in hlo, 'no cross-device reduction in the 4-device RRF step'
-    state, metrics = step(state, goal_states, device_demos)
-    on_all_devices(state, mesh)
-    results[name] = jax.device_get((state.params['low'], state.values, state.buffer.episodes, metrics))
+  keys = jax.random.split(jax.random.key(1), len(GOALS))
+  state = jax.vmap(lambda k: rrf.init_state(agent, config, bc_state.params, bc_state.normalizers, k))(keys)
+  state, goal_states = parallel.put((state, goals), mesh, parallel.GOAL)
+  step = rrf.jit_rrf_step(env, agent, config, per_goal=True, mesh=mesh)
+  device_demos = parallel.put(train.device_demos(data), mesh)
+  if check_all_reduce:
+    hlo = step.lower(state, goal_states, device_demos).compile().as_text()
+    assert 'all-reduce' in hlo, 'no cross-device reduction in the RRF step'
+  state, metrics = step(state, goal_states, device_demos)
+  on_all_devices(state, mesh)
+  tuned = fetch((state.params['low'], state.values, state.buffer.episodes, metrics))
   start = jax.device_get(bc_state.params['low'])
-  moved = max(float(np.max(np.abs(p - s[None]))) for p, s in zip(jax.tree.leaves(results['1'][0]),
-                                                                 jax.tree.leaves(start)))
+  moved = max(float(np.max(np.abs(p - s[None]))) for p, s in zip(jax.tree.leaves(tuned[0]), jax.tree.leaves(start)))
   assert moved > 1e-4, 'the NPG step did not move the low level'
-  for name in ('4', '2x2'):
-    close(results[name], results['1'], rtol=1e-4, atol=1e-5)
+  return tuned
+
+
+def fetch(tree):
+  """Host copies of (replicated or sharded, possibly multi-process) arrays."""
+  return jax.tree.map(lambda x: np.asarray(x if x.is_fully_addressable else multihost_utils.process_allgather(
+      x, tiled=True)), tree)
+
+
+def check_ril_step():
+  """Two RIL calls: the same parameters on 1 and 4 devices; the gradient all-reduces across them."""
+  reference = ril_results(parallel.make_mesh(devices=jax.devices()[:1]))
+  close(ril_results(parallel.make_mesh(), check_all_reduce=True), reference, rtol=1e-5, atol=1e-6)
+  close(ril_results(parallel.make_mesh(data=2, goal=2)), reference, rtol=1e-5, atol=1e-6)
+
+
+def check_rrf_step():
+  """One per-goal RRF iteration: the same update and metrics on 1 device, 4 data devices and 2 goals
+  x 2 data devices."""
+  env = KitchenEnv(KitchenConfig(backend='cpu'))
+  reference = rrf_results(env, parallel.make_mesh(devices=jax.devices()[:1]))
+  close(rrf_results(env, parallel.make_mesh(), check_all_reduce=True), reference, rtol=1e-4, atol=1e-5)
+  close(rrf_results(env, parallel.make_mesh(data=2, goal=2)), reference, rtol=1e-4, atol=1e-5)
+
+
+def check_two_processes(process_id: str, port: str, directory: str):
+  """Two processes of 2 devices each (jax.distributed, gloo): RIL and RRF on a 2 goal x 2 data mesh
+  across both equal this process's first device alone; a checkpoint saved from the 4 devices
+  restores onto them and onto one local device; only process 0 is the writer."""
+  parallel.initialize_distributed(f'localhost:{port}', 2, int(process_id))
+  assert jax.process_count() == 2 and jax.device_count() == DEVICES and len(jax.local_devices()) == 2
+  assert parallel.is_writer() == (process_id == '0')
+  local, spanning = parallel.make_mesh(devices=jax.local_devices()[:1]), parallel.make_mesh(data=2, goal=2)
+  close(ril_results(spanning), ril_results(local), rtol=1e-5, atol=1e-6)
+  env = KitchenEnv(KitchenConfig(backend='cpu'))
+  close(rrf_results(env, spanning), rrf_results(env, local), rtol=1e-4, atol=1e-5)
+  state = {'params': jnp.arange(12.0).reshape(2, 6), 'key': jax.random.split(jax.random.key(3), 2)}
+  with Checkpointer(directory, {'run': 1}) as checkpoints:
+    checkpoints.save(1, parallel.put(state, spanning, parallel.GOAL))
+    for mesh in (spanning, local):
+      restored = checkpoints.restore(parallel.put(jax.tree.map(jnp.zeros_like, state), mesh, parallel.GOAL))
+      np.testing.assert_array_equal(fetch(restored['params']), state['params'])
+      np.testing.assert_array_equal(fetch(jax.random.key_data(restored['key'])), jax.random.key_data(state['key']))
 
 
 def check_checkpoint_across_device_counts():
@@ -150,14 +184,19 @@ def check_validation():
 # --- the tests ------------------------------------------------------------------------------------
 
 
-def run_check(name: str) -> None:
+def run_check(name: str, *args: str, processes: int = 1, devices: int = DEVICES) -> None:
+  """Runs check `name` in `processes` subprocesses of `devices` virtual devices each."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=repo,
-             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}")
-  result = subprocess.run([sys.executable, os.path.abspath(__file__), name], capture_output=True, text=True,
-                          env=env, timeout=900, cwd=repo)
-  assert result.returncode == 0, f'{name} failed on {DEVICES} devices:\n{result.stdout}\n{result.stderr[-6000:]}'
-  assert f'{name}: ok on {DEVICES} devices' in result.stdout
+             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}")
+  commands = [[sys.executable, os.path.abspath(__file__), name, *([str(i)] if processes > 1 else []), *args]
+              for i in range(processes)]
+  running = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=repo)
+             for c in commands]
+  for process in running:
+    stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, f'{name} failed:\n{stdout}\n{stderr[-6000:]}'
+    assert f'{name}: ok' in stdout
 
 
 @pytest.mark.parametrize('name', ['check_ril_step', 'check_rrf_step', 'check_checkpoint_across_device_counts',
@@ -185,7 +224,16 @@ def test_distributed_flags_need_a_coordinator():
   parallel.initialize_distributed('', 1, 0)  # one process: nothing to do
 
 
+def test_two_processes(tmp_path):
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  run_check('check_two_processes', str(port), str(tmp_path / 'checkpoints'), processes=2, devices=DEVICES // 2)
+
+
 if __name__ == '__main__':
-  assert jax.device_count() == DEVICES, f'expected {DEVICES} devices, have {jax.devices()}'
-  globals()[sys.argv[1]]()
-  print(f'{sys.argv[1]}: ok on {DEVICES} devices')
+  name, *args = sys.argv[1:]
+  if name != 'check_two_processes':  # which starts jax.distributed before anything asks for devices
+    assert jax.device_count() == DEVICES, f'expected {DEVICES} devices, have {jax.devices()}'
+  globals()[name](*args)
+  print(f'{name}: ok')
