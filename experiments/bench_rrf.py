@@ -1,7 +1,8 @@
 """One RRF iteration, per-goal vmapped: compile time, iteration time, env-steps/s, the rollout's time
 (the same rollout jitted alone) and the rest of the iteration (relabeling, advantages, NPG, value
-fit), and the compile count over the iterations. With --devices, a weak-scaling run: the envs per
-goal grow with the devices of the mesh's data axis (rpl_jax.parallel), --num_envs per device.
+fit), and the XLA compilations during the timed iterations (0: no recompiles). With --devices, a
+weak-scaling run: the envs per goal grow with the devices of the mesh's data axis
+(rpl_jax.parallel), --num_envs per device.
 
   python experiments/bench_rrf.py --goals=3 --num_envs=32 --iterations=10 --out=experiments/bench_rrf_cpu.json
   python experiments/bench_rrf.py --backend=mjx --goals=17 --num_envs=256   # an accelerator
@@ -39,6 +40,12 @@ _HOST_DEVICES = flags.DEFINE_integer('host_devices', 0, 'Virtual CPU devices to 
 _OUT = flags.DEFINE_string('out', None, 'JSON output path.')
 
 
+_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
+_COMPILES = [0]  # XLA compilations so far (any function)
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, seconds, **kwargs: _COMPILES.__setitem__(0, _COMPILES[0] + (event == _COMPILE_EVENT)))
+
+
 def measure(env, num_envs: int, mesh) -> dict:
   """Times the per-goal iteration and its rollout for `num_envs` envs per goal on `mesh` (or None)."""
   bc = train.BCConfig()
@@ -61,11 +68,13 @@ def measure(env, num_envs: int, mesh) -> dict:
   start = time.perf_counter()
   state, metrics = jax.block_until_ready(step(state, goals, device_demos))
   first = time.perf_counter() - start
+  compiles = _COMPILES[0]
   start = time.perf_counter()
   for _ in range(_ITERATIONS.value):
     state, metrics = step(state, goals, device_demos)
   jax.block_until_ready(metrics)
   iteration = (time.perf_counter() - start) / _ITERATIONS.value
+  compiles = _COMPILES[0] - compiles
 
   low, high = agent.policies(params, normalizers, deterministic=False)
   episode = lambda k, g: hierarchical_rollout(env, low, high, agent.horizon, _STEPS.value, k, g)
@@ -84,7 +93,7 @@ def measure(env, num_envs: int, mesh) -> dict:
           'first_call_s': first, 'compile_s_estimate': first - iteration, 'iteration_s': iteration,
           'env_steps_per_iteration': env_steps, 'env_steps_per_s': env_steps / iteration,
           'rollout_s': rollout_seconds, 'rollout_share': rollout_seconds / iteration,
-          'update_s': iteration - rollout_seconds, 'compiles': step._cache_size()}
+          'update_s': iteration - rollout_seconds, 'compiles_in_timed_iterations': compiles}
 
 
 def main(argv):
