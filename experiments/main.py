@@ -150,10 +150,10 @@ def main(argv, config=None):
                            config.rrf.iterations, **keep)
   distilled = phases.distillation(workdir, run_config, configs, env, agent, ril_state, tuned, config.seed,
                                   config.max_to_keep)
+  ril_params, tuned_params, distilled, normalizers = parallel.fetch(
+      (ril_state.params, tuned.params, distilled, ril_state.normalizers))
   if not parallel.is_writer():
     return  # process 0 evaluates (on its first device) and writes the report
-  ril_params, tuned_params, distilled, normalizers = jax.device_get(
-      (ril_state.params, tuned.params, distilled, ril_state.normalizers))
 
   steps, episodes, key = config.eval.episode_steps, config.eval.episodes, jax.random.key(config.eval.seed)
   shared = evaluation.make_evaluator(env, agent, steps)

@@ -20,6 +20,7 @@ written collectively.
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 GOAL, DATA = 'goal', 'data'
@@ -99,3 +100,13 @@ def shard_batch(tree, mesh: Mesh | None, axes: tuple[str, ...] = (DATA,)):
   if mesh is None:
     return tree
   return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding(mesh, axes)), tree)
+
+
+def fetch(tree):
+  """Host (numpy) copies of arrays, also of those that span other processes' devices. Collective in
+  a multi-host run: every process must call it."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
+  return jax.tree.map(get, tree)

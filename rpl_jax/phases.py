@@ -120,7 +120,7 @@ def run_phase(workdir: str, phase: str, run_config: dict[str, Any], state, step:
       for i in range(done, total):
         start = time.perf_counter()
         state, metrics = step(state)
-        values = scalars(jax.device_get(metrics))
+        values = scalars(parallel.fetch(metrics))
         seconds = time.perf_counter() - start
         values['perf/seconds'] = seconds
         if env_steps_per_call:

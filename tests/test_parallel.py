@@ -21,7 +21,6 @@ import pytest
 from envs.kitchen import KitchenConfig, KitchenEnv, tasks
 from rpl_jax import networks, parallel, rrf, train
 from rpl_jax.checkpoint import Checkpointer
-from jax.experimental import multihost_utils
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.relabel import RelabelConfig
 
@@ -68,7 +67,7 @@ def ril_results(mesh, check_all_reduce: bool = False):
   on_all_devices(state, mesh)
   if check_all_reduce:
     assert 'all-reduce' in step.lower(state, device_demos).compile().as_text(), 'no cross-device reduction'
-  return fetch((state.params, metrics))
+  return parallel.fetch((state.params, metrics))
 
 
 def rrf_results(env, mesh, check_all_reduce: bool = False):
@@ -89,17 +88,11 @@ def rrf_results(env, mesh, check_all_reduce: bool = False):
     assert 'all-reduce' in hlo, 'no cross-device reduction in the RRF step'
   state, metrics = step(state, goal_states, device_demos)
   on_all_devices(state, mesh)
-  tuned = fetch((state.params['low'], state.values, state.buffer.episodes, metrics))
+  tuned = parallel.fetch((state.params['low'], state.values, state.buffer.episodes, metrics))
   start = jax.device_get(bc_state.params['low'])
   moved = max(float(np.max(np.abs(p - s[None]))) for p, s in zip(jax.tree.leaves(tuned[0]), jax.tree.leaves(start)))
   assert moved > 1e-4, 'the NPG step did not move the low level'
   return tuned
-
-
-def fetch(tree):
-  """Host copies of (replicated or sharded, possibly multi-process) arrays."""
-  return jax.tree.map(lambda x: np.asarray(x if x.is_fully_addressable else multihost_utils.process_allgather(
-      x, tiled=True)), tree)
 
 
 def check_ril_step():
@@ -134,8 +127,8 @@ def check_two_processes(process_id: str, port: str, directory: str):
     checkpoints.save(1, parallel.put(state, spanning, parallel.GOAL))
     for mesh in (spanning, local):
       restored = checkpoints.restore(parallel.put(jax.tree.map(jnp.zeros_like, state), mesh, parallel.GOAL))
-      np.testing.assert_array_equal(fetch(restored['params']), state['params'])
-      np.testing.assert_array_equal(fetch(jax.random.key_data(restored['key'])), jax.random.key_data(state['key']))
+      np.testing.assert_array_equal(parallel.fetch(restored['params']), state['params'])
+      np.testing.assert_array_equal(parallel.fetch(jax.random.key_data(restored['key'])), jax.random.key_data(state['key']))
 
 
 def check_checkpoint_across_device_counts():
