@@ -34,7 +34,7 @@ matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # noqa: E402
 
 from envs.kitchen import KitchenConfig, KitchenEnv, render  # noqa: E402
-from rpl_jax import evaluation, parallel, phases  # noqa: E402
+from rpl_jax import evaluation, nearest_neighbour, parallel, phases  # noqa: E402
 from rpl_jax.data import load_padded  # noqa: E402
 from rpl_jax.files import write_atomic  # noqa: E402
 from rpl_jax.logs import write_run_info  # noqa: E402
@@ -47,6 +47,7 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'Multi-host: host:
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 1, 'Multi-host: the number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', 0, 'Multi-host: this process (0 writes the logs and report).')
 
+IMITATION = {'ril': 'RIL', 'gcbc': 'GCBC', 'gcbc_final': 'BC'}  # report names of the imitation phase's methods
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -159,16 +160,20 @@ def main(argv, config=None):
   shared = evaluation.make_evaluator(env, agent, steps)
   per_goal = evaluation.make_evaluator(env, agent, steps, per_goal=True)
   results = {
-      'RIL': evaluation.summarize(shared(ril_params, normalizers, key, configs.eval_goals, episodes)),
+      IMITATION[config.ril.method]: evaluation.summarize(
+          shared(ril_params, normalizers, key, configs.eval_goals, episodes)),
       f'RRF per goal ({config.rrf.variant})': evaluation.summarize(
           per_goal(tuned_params, normalizers, key, configs.rrf_goals, episodes)),
       'distilled': evaluation.summarize(shared(distilled, normalizers, key, configs.eval_goals, episodes)),
+      'nearest neighbour': evaluation.summarize(
+          nearest_neighbour.make_evaluator(env, steps)(demos, key, configs.eval_goals, episodes)),
   }
   gifs = [os.path.basename(path) for path in evaluation.write_videos(
       env, agent, distilled, normalizers, configs.eval_goals[:config.eval.videos], steps, True, workdir, 'distilled')
   ] if config.eval.videos else []
   pngs = [] if config.ril.from_workdir else [
-      curve(workdir, 'ril', ['nll_low', 'nll_high'], 'RIL: negative log-likelihood', 'ril_curve.png')]
+      curve(workdir, 'ril', ['nll_low', 'nll_high'][:len(agent.levels)],
+            f'{IMITATION[config.ril.method]}: negative log-likelihood', 'ril_curve.png')]
   pngs.append(curve(workdir, 'rrf', ['success', 'step_completion', 'low/reward', 'low/kl'],
                     f'RRF ({config.rrf.variant}), mean over {len(configs.rrf_goals)} goals', 'rrf_curve.png'))
   write_atomic(os.path.join(workdir, 'results.json'),
@@ -177,7 +182,8 @@ def main(argv, config=None):
   report = (f'# rpl_jax run: {workdir}\n\npreset `{config.preset}`, seed {config.seed} (evaluation seed '
             f'{config.eval.seed}), {env.backend} backend, {len(demos.lengths)} demos.\n\n'
             f'## Evaluation ({episodes} episodes per goal, {steps} steps, deterministic)\n\n'
-            'Cells: success % / step completion. The RRF column covers its fine-tuned goals only. '
+            'Cells: success % / step completion. The RRF column covers its fine-tuned goals only; nearest '
+            'neighbour replays the demo whose final state is closest to the goal, open loop. '
             'Paper, Table 1 (17 goals, human demos): RIL 21.7 % / 2.4.\n\n' + table(results, goals) +
             '\n## Learning curves\n\n' + ''.join(f'![{p}]({p})\n\n' for p in pngs) +
             '## Videos\n\n' + ''.join(f'- [{g}]({g})\n' for g in gifs) +

@@ -43,25 +43,36 @@ def make_evaluator(env, agent: Agent, num_steps: int, deterministic: bool = True
   rollout = jax.jit(rollout)
 
   def evaluate(params, normalizers, key: jax.Array, goals: Sequence[str], episodes: int) -> Evaluation:
-    if episodes < 1:
-      raise ValueError(f'episodes must be >= 1, got {episodes}.')
-    goals = tuple(goals)
-    for goal in goals:
-      tasks.parse_elements(goal)  # unknown element names fail here, before compiling
+    goals = check_goals(goals, episodes)
     shape = (len(goals), episodes)
     if per_goal and any(leaf.shape[:1] != (len(goals),) for leaf in jax.tree.leaves(params)):
       raise ValueError(f'per-goal params must be stacked over the {len(goals)} goals on their leading axis.')
     batch = shape if per_goal else (len(goals) * episodes,)
     keys = jax.random.split(key, batch)
     states = jnp.asarray(np.repeat(goal_states(goals), episodes, axis=0)).reshape(batch + (tasks.NQ,))
-    trajectory = jax.device_get(rollout(params, normalizers, keys, states))
-    final = lambda x: x[..., -1].reshape(shape)
-    return Evaluation(goals, final(trajectory.step_completion), final(trajectory.success) > 0,
-                      trajectory.completed[..., -1, :].reshape(shape + (len(tasks.ELEMENTS),)),
-                      trajectory.nan_physics.sum(axis=-1).reshape(shape),
-                      trajectory.observations[..., -1, :tasks.NQ].reshape(shape + (tasks.NQ,)))
+    return from_trajectory(goals, episodes, rollout(params, normalizers, keys, states))
 
   return evaluate
+
+
+def check_goals(goals: Sequence[str], episodes: int) -> tuple[str, ...]:
+  """The goals as a tuple; unknown element names or episodes < 1 fail here, before compiling."""
+  if episodes < 1:
+    raise ValueError(f'episodes must be >= 1, got {episodes}.')
+  for goal in goals:
+    tasks.parse_elements(goal)
+  return tuple(goals)
+
+
+def from_trajectory(goals: tuple[str, ...], episodes: int, trajectory) -> Evaluation:
+  """The Evaluation of rollouts whose batch axes flatten to goals x episodes, goal-major."""
+  trajectory = jax.device_get(trajectory)
+  shape = (len(goals), episodes)
+  final = lambda x: x[..., -1].reshape(shape)
+  return Evaluation(goals, final(trajectory.step_completion), final(trajectory.success) > 0,
+                    trajectory.completed[..., -1, :].reshape(shape + (len(tasks.ELEMENTS),)),
+                    trajectory.nan_physics.sum(axis=-1).reshape(shape),
+                    trajectory.observations[..., -1, :tasks.NQ].reshape(shape + (tasks.NQ,)))
 
 
 def summarize(evaluation: Evaluation) -> dict:

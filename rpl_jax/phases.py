@@ -57,12 +57,12 @@ def goal_list(goals: str) -> tuple[str, ...]:
 def build(config: config_dict.ConfigDict) -> RunConfigs:
   """The validated configs of a run; ValueError names what is wrong."""
   windows = RelabelConfig(config.ril.window_low, config.ril.window_high, config.ril.horizon)
-  bc = train.BCConfig(relabel=windows, policy=networks.PolicyConfig(hidden=tuple(config.ril.hidden)),
+  bc = train.BCConfig(method=config.ril.method, relabel=windows, policy=networks.PolicyConfig(hidden=tuple(config.ril.hidden)),
                       batch_size=config.ril.batch_size, updates_per_step=config.ril.updates_per_step,
                       learning_rate=config.ril.learning_rate)
   r = config.rrf
   fine_tuning = rrf.RRFConfig(
-      variant=r.variant, num_envs=r.num_envs, episode_steps=r.episode_steps, low_reward=r.low_reward,
+      variant=r.variant, pretrain=config.ril.method, num_envs=r.num_envs, episode_steps=r.episode_steps, low_reward=r.low_reward,
       finetune_high=r.finetune_high, update=npg.NPGConfig(step_size=r.step_size), value_hidden=tuple(r.value_hidden),
       value_epochs=r.value_epochs, value_batch_size=r.value_batch_size, relabel=windows,
       dapg_lambda0=r.dapg_lambda0, dapg_lambda1=r.dapg_lambda1, bc_batch_size=r.bc_batch_size,

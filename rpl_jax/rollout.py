@@ -8,7 +8,8 @@ baselines) is the same rollout without a high level: its "subgoal" is the goal i
 Policies are inference functions `(obs, goal, key) -> output` (networks.GaussianPolicy.policy), so
 the rollout knows nothing about parameters; bind `deterministic=True` in them for the mean policy.
 The rollout is pure and reaches the env only through `reset`/`step`: vmap it over envs and goals,
-on any backend.
+on any backend. `run_episode` is the scan under both this rollout and the open-loop replay of a
+demo's actions (the nearest-neighbour baseline).
 """
 
 import dataclasses
@@ -64,29 +65,26 @@ class Trajectory(NamedTuple):
   nan_physics: jax.Array  # [T]: the physics diverged at this step (the env kept the last good state)
 
 
-def hierarchical_rollout(env, low: Policy, high: Policy | None, horizon: int, num_steps: int, key: jax.Array,
-                         goal: jax.Array) -> Trajectory:
-  """Runs one episode of `num_steps` steps toward `goal` ([30]) from a reset drawn from `key`.
-  `high=None` runs `low` as a flat goal-conditioned policy. `horizon` and `num_steps` are static."""
-  if horizon < 1 or num_steps < 1:
-    raise ValueError(f'need horizon >= 1 and num_steps >= 1, got {horizon} and {num_steps}.')
+def run_episode(env, act: Callable, carry: Any, key: jax.Array, goal: jax.Array, num_steps: int) -> Trajectory:
+  """One episode of `num_steps` steps toward `goal` ([30]) from a reset drawn from `key`, under the
+  controller `act(carry, obs, t, (key, key)) -> (carry, action [9], subgoal [30])`, whose `carry`
+  (any pytree) rides in the scan's carry."""
+  if num_steps < 1:
+    raise ValueError(f'need num_steps >= 1, got {num_steps}.')
   reset_key, key = jax.random.split(key)
   state = env.reset(reset_key, goal)
 
-  def step(carry, t):
-    state, subgoal, key = carry
-    key, high_key, low_key = jax.random.split(key, 3)
-    if high is not None:
-      subgoal = jax.lax.cond(t % horizon == 0, lambda: high(state.obs, goal, high_key), lambda: subgoal)
-    action = low(state.obs, subgoal, low_key)
+  def step(scan_carry, t):
+    state, carry, key = scan_carry
+    key, *act_keys = jax.random.split(key, 3)
+    carry, action, subgoal = act(carry, state.obs, t, act_keys)
     state = env.step(state, action)
     record = (state.obs, action, subgoal, state.reward, state.info['completed'], state.metrics['step_completion'],
               state.metrics['success'], state.metrics['nan_physics'])
-    return (state, subgoal, key), record
+    return (state, carry, key), record
 
-  carry = (state, jnp.asarray(goal, jnp.float32), key)
   observations, actions, subgoals, rewards, completed, step_completion, success, nan_physics = jax.lax.scan(
-      step, carry, jnp.arange(num_steps))[1]
+      step, (state, carry, key), jnp.arange(num_steps))[1]
 
   def with_reset(first, rest):
     return jnp.concatenate([first[None], rest])
@@ -95,6 +93,35 @@ def hierarchical_rollout(env, low: Policy, high: Policy | None, horizon: int, nu
                     with_reset(state.info['completed'], completed),
                     with_reset(state.metrics['step_completion'], step_completion),
                     with_reset(state.metrics['success'], success), nan_physics)
+
+
+def hierarchical_rollout(env, low: Policy, high: Policy | None, horizon: int, num_steps: int, key: jax.Array,
+                         goal: jax.Array) -> Trajectory:
+  """Runs one episode of `num_steps` steps toward `goal` ([30]) from a reset drawn from `key`.
+  `high=None` runs `low` as a flat goal-conditioned policy. `horizon` and `num_steps` are static."""
+  if horizon < 1:
+    raise ValueError(f'need horizon >= 1, got {horizon}.')
+
+  def act(subgoal, obs, t, keys):
+    high_key, low_key = keys
+    if high is not None:
+      subgoal = jax.lax.cond(t % horizon == 0, lambda: high(obs, goal, high_key), lambda: subgoal)
+    return subgoal, low(obs, subgoal, low_key), subgoal
+
+  return run_episode(env, act, jnp.asarray(goal, jnp.float32), key, goal, num_steps)
+
+
+def open_loop_rollout(env, actions: jax.Array, length: jax.Array, key: jax.Array, goal: jax.Array,
+                      num_steps: int) -> Trajectory:
+  """Replays `actions` ([T, 9], the first `length` valid) open loop toward `goal`, then holds still
+  (action 0: the position targets stay at the observed joints) until `num_steps`."""
+  goal, actions = jnp.asarray(goal, jnp.float32), jnp.asarray(actions)
+
+  def act(carry, obs, t, keys):
+    action = jnp.where(t < length, actions[jnp.minimum(t, actions.shape[0] - 1)], 0.0)
+    return carry, action, goal
+
+  return run_episode(env, act, (), key, goal, num_steps)
 
 
 def agent_rollout(env, agent: Agent, params, normalizers, keys: jax.Array, goals: jax.Array, num_steps: int,

@@ -24,6 +24,11 @@ the first time). The low level's compares the state after each step with the sub
 Episodes run the fixed `episode_steps` (success is sticky, so later high-level rewards are 0); the
 low level's episodes are its subgoal segments of H steps, which bootstrap from the value of the
 state after them under the same subgoal (npg.gae's `ends`).
+
+Flat baselines (`pretrain='gcbc'` or `'gcbc_final'`, the paper's GCBC / BC + fine-tuning and, with
+dapg, DAPG-GCBC / DAPG-BC): the agent has one level acting on the goal itself; it is rewarded by
+the env (goal progress) over whole episodes, and its BC term draws the tuples it was pre-trained on
+(train.samplers).
 """
 
 import dataclasses
@@ -37,7 +42,7 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from envs.kitchen import ACTION_DIM, tasks
-from rpl_jax import networks, npg, parallel, relabel
+from rpl_jax import networks, npg, parallel, relabel, train
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.relabel import RelabelConfig
 from rpl_jax.rollout import Agent, hierarchical_rollout
@@ -49,6 +54,7 @@ LOW_REWARDS = ('sparse', 'euclidean', 'elementwise')
 @dataclasses.dataclass(frozen=True)
 class RRFConfig:
   variant: str = 'dapg'  # one of VARIANTS
+  pretrain: str = 'ril'  # the agent's imitation method (train.METHODS): hierarchical 'ril', or a flat baseline
   num_envs: int = 64  # episodes per iteration (per goal)
   episode_steps: int = 280
   low_reward: str = 'sparse'  # one of LOW_REWARDS
@@ -71,6 +77,10 @@ class RRFConfig:
     object.__setattr__(self, 'value_hidden', tuple(self.value_hidden))
     if self.variant not in VARIANTS:
       raise ValueError(f'unknown RRF variant {self.variant!r}; choose from {VARIANTS}.')
+    if self.pretrain not in train.METHODS:
+      raise ValueError(f'unknown pre-training method {self.pretrain!r}; choose from {train.METHODS}.')
+    if self.finetune_high and self.pretrain != 'ril':
+      raise ValueError(f'finetune_high needs a hierarchical agent; pretrain={self.pretrain!r} is flat.')
     if self.low_reward not in LOW_REWARDS:
       raise ValueError(f'unknown low-level reward {self.low_reward!r}; choose from {LOW_REWARDS}.')
     for name in ('num_envs', 'episode_steps', 'value_epochs', 'value_batch_size', 'bc_batch_size'):
@@ -180,8 +190,9 @@ def init_state(agent: Agent, config: RRFConfig, params: dict[str, Any],
 
 
 def check_agent(agent: Agent, config: RRFConfig) -> None:
-  if agent.high is None:
-    raise ValueError('RRF fine-tunes a hierarchical agent; this one has no high level.')
+  if (agent.high is None) != (config.pretrain != 'ril'):
+    raise ValueError(f"the agent is {'flat' if agent.high is None else 'hierarchical'} but config.pretrain is "
+                     f'{config.pretrain!r}: RIL agents are hierarchical, the GCBC baselines flat.')
   if agent.horizon != config.relabel.horizon:
     raise ValueError(f'the agent acts every H={agent.horizon} steps but config.relabel.horizon is '
                      f'{config.relabel.horizon}.')
@@ -200,19 +211,11 @@ def _bc_gradient(network: networks.GaussianPolicy, params, normalizer, batches) 
 
 def _bc_batches(config: RRFConfig, level: str, key: jax.Array, pools: list[PaddedDemos], mesh=None):
   """Per pool, (a minibatch of the level's relabeled tuples as log_prob inputs, split over the
-  mesh's data axis, and the pool's tuple count): Algorithm 2 for the low level, Algorithm 3 for the
-  high level."""
-  r = config.relabel
-  batches = []
-  for pool, k in zip(pools, jax.random.split(key, len(pools))):
-    if level == 'low':
-      b = relabel.sample_low(k, pool, r.window_low, config.bc_batch_size)
-      inputs, window = (b.observations, b.goals, b.actions), r.window_low
-    else:
-      b = relabel.sample_high(k, pool, r.window_low, r.window_high, config.bc_batch_size)
-      inputs, window = (b.observations, b.goals, b.subgoals), r.window_high
-    batches.append((parallel.shard_batch(inputs, mesh), jnp.sum(relabel.tuple_counts(pool.lengths, window))))
-  return batches
+  mesh's data axis, and the pool's tuple count), drawn as the level was pre-trained
+  (train.samplers: Algorithm 2 for RIL's low level, Algorithm 3 for its high level)."""
+  sampler = train.samplers(config.pretrain, config.relabel, config.bc_batch_size)[level]
+  return [(parallel.shard_batch(sampler.draw(k, pool), mesh), jnp.sum(relabel.tuple_counts(pool.lengths, sampler.window)))
+          for pool, k in zip(pools, jax.random.split(key, len(pools)))]
 
 
 def _level_samples(config: RRFConfig, horizon: int, trajectory, goal: jax.Array) -> dict[str, dict[str, jax.Array]]:
@@ -221,11 +224,13 @@ def _level_samples(config: RRFConfig, horizon: int, trajectory, goal: jax.Array)
   observations = trajectory.observations  # [N, T + 1, 30]
   steps = config.episode_steps
   t = jnp.arange(steps)
+  if config.pretrain != 'ril':  # a flat agent acts on the goal; the env's reward, whole episodes
+    reward, ends = trajectory.rewards, t == steps - 1
+  else:
+    reward = low_reward(config.low_reward, observations[:, 1:], trajectory.subgoals, config.reach_threshold)
+    ends = ((t + 1) % horizon == 0) | (t == steps - 1)
   samples = {'low': dict(obs=observations[:, :-1], goal=trajectory.subgoals, output=trajectory.actions,
-                         reward=low_reward(config.low_reward, observations[:, 1:], trajectory.subgoals,
-                                           config.reach_threshold),
-                         next_obs=observations[:, 1:],
-                         ends=((t + 1) % horizon == 0) | (t == steps - 1))}
+                         reward=reward, next_obs=observations[:, 1:], ends=ends)}
   if config.finetune_high:
     decisions = jnp.arange(0, steps, horizon)
     following = jnp.minimum(decisions + horizon, steps)

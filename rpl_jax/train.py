@@ -13,7 +13,8 @@ the state donated (`jit_train_step`). Shapes never change between calls, so it c
 """
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,27 +84,38 @@ def fit_normalizers(agent: Agent, demos: PaddedDemos) -> dict[str, networks.Poli
   return normalizers
 
 
-def _samplers(config: BCConfig) -> dict[str, Any]:
-  """Per level: key, demos -> (observations, goals, targets) of one minibatch."""
-  r, b = config.relabel, config.batch_size
+class Sampler(NamedTuple):
+  """One level's minibatches: `draw(key, demos) -> (inputs, conditioning, targets)`, uniform over the
+  relabeled tuples of `window` (relabel.tuple_counts(lengths, window) per demo)."""
+  draw: Callable[[jax.Array, PaddedDemos], tuple[jax.Array, jax.Array, jax.Array]]
+  window: int
 
+
+def samplers(method: str, windows: RelabelConfig, batch_size: int) -> dict[str, Sampler]:
+  """Per level of `method`'s agent, its Sampler: RIL's low level Algorithm 2 (W_l) and high level
+  Algorithm 3; GCBC Algorithm 2 over W_h; GCBC without relabeling the demo's final state (width-1
+  tuples: every step once)."""
   def low(window):
-    def sample(key, demos):
-      batch = relabel.sample_low(key, demos, window, b)
+    def draw(key, demos):
+      batch = relabel.sample_low(key, demos, window, batch_size)
       return batch.observations, batch.goals, batch.actions
-    return sample
+    return Sampler(draw, window)
 
   def final(key, demos):
-    batch = relabel.sample_final(key, demos, b)
+    batch = relabel.sample_final(key, demos, batch_size)
     return batch.observations, batch.goals, batch.actions
 
   def high(key, demos):
-    batch = relabel.sample_high(key, demos, r.window_low, r.window_high, b)
+    batch = relabel.sample_high(key, demos, windows.window_low, windows.window_high, batch_size)
     return batch.observations, batch.goals, batch.subgoals
 
-  if config.method == 'ril':
-    return {'low': low(r.window_low), 'high': high}
-  return {'low': low(r.window_high) if config.method == 'gcbc' else final}
+  if method == 'ril':
+    return {'low': low(windows.window_low), 'high': Sampler(high, windows.window_high)}
+  if method == 'gcbc':
+    return {'low': low(windows.window_high)}
+  if method == 'gcbc_final':
+    return {'low': Sampler(final, 1)}
+  raise ValueError(f'unknown method {method!r}; choose from {METHODS}.')
 
 
 def make_optimizer(config: BCConfig) -> optax.GradientTransformation:
@@ -123,7 +135,7 @@ def make_train_step(agent: Agent, config: BCConfig, mesh=None):
   """`step(state, demos) -> (state, metrics)`: `updates_per_step` updates of every level. Metrics are
   means over those updates: the negative log-likelihood of each level ('nll_low', 'nll_high') and the
   gradient norm. With a `mesh` (rpl_jax.parallel), each minibatch is split over all its devices."""
-  samplers = _samplers(config)
+  draws = {level: sampler.draw for level, sampler in samplers(config.method, config.relabel, config.batch_size).items()}
   optimizer = make_optimizer(config)
 
   def loss(params, normalizers, batches):
@@ -134,7 +146,7 @@ def make_train_step(agent: Agent, config: BCConfig, mesh=None):
   def update(carry, key):
     params, opt_state, normalizers, demos = carry
     keys = dict(zip(agent.levels, jax.random.split(key, len(agent.levels))))
-    batches = {level: parallel.shard_batch(samplers[level](keys[level], demos), mesh, parallel.AXES)
+    batches = {level: parallel.shard_batch(draws[level](keys[level], demos), mesh, parallel.AXES)
                for level in agent.levels}
     (_, nll), grads = jax.value_and_grad(loss, has_aux=True)(params, normalizers, batches)
     updates, opt_state = optimizer.update(grads, opt_state, params)

@@ -135,7 +135,23 @@ def test_level_samples_segment_the_episode():
   np.testing.assert_array_equal(high['ends'], [False, False, True])
 
 
+def test_flat_agents_take_the_env_reward_over_whole_episodes():
+  steps, envs = 7, 2
+  rng = np.random.default_rng(6)
+  observations = jnp.asarray(rng.normal(size=(envs, steps + 1, tasks.NQ)), jnp.float32)
+  rewards = jnp.asarray(rng.integers(0, 2, size=(envs, steps)), jnp.float32)
+  goal = goal_vector(GOALS[0])
+  trajectory = Trajectory(observations, jnp.zeros((envs, steps, 9)), jnp.broadcast_to(goal, (envs, steps, tasks.NQ)),
+                          rewards, *(None,) * 4)
+  low = rrf._level_samples(rrf_config(episode_steps=steps, pretrain='gcbc'), 3, trajectory, goal)['low']
+  np.testing.assert_array_equal(low['reward'], rewards)
+  np.testing.assert_array_equal(low['ends'], [False] * 6 + [True])
+  np.testing.assert_array_equal(low['goal'], np.broadcast_to(goal, (envs, steps, tasks.NQ)))
+
+
 @pytest.mark.parametrize('overrides, message', [
+    (dict(pretrain='bc'), 'unknown pre-training method'),
+    (dict(pretrain='gcbc', finetune_high=True), 'needs a hierarchical agent'),
     (dict(variant='ppo'), 'unknown RRF variant'),
     (dict(low_reward='dense'), 'unknown low-level reward'),
     (dict(variant='iril', num_envs=8, buffer_episodes=4), 'must hold one iteration'),
@@ -149,8 +165,10 @@ def test_config_errors(overrides, message):
 def test_agent_errors(env, setup):
   agent, params, normalizers, _ = setup
   flat = train.make_agent(train.BCConfig(method='gcbc', relabel=WINDOWS))
-  with pytest.raises(ValueError, match='no high level'):
+  with pytest.raises(ValueError, match="agent is flat but config.pretrain is 'ril'"):
     rrf.make_rrf_step(env, flat, rrf_config())
+  with pytest.raises(ValueError, match="agent is hierarchical but config.pretrain is 'gcbc'"):
+    rrf.make_rrf_step(env, agent, rrf_config(pretrain='gcbc'))
   with pytest.raises(ValueError, match='horizon'):
     rrf.init_state(agent, rrf_config(relabel=RelabelConfig(2, 4, 5)), params, normalizers, jax.random.key(0))
   state = rrf.init_state(agent, rrf_config(), params, normalizers, jax.random.key(0))
@@ -240,3 +258,39 @@ def test_bc_term_pulls_the_low_level_toward_the_demos(env, setup):
   npg_only = run(env, setup, rrf_config(variant='npg'))[0]
   assert demo_log_likelihood(dapg.params['low']) > before
   assert demo_log_likelihood(dapg.params['low']) > demo_log_likelihood(npg_only.params['low'])
+
+
+@pytest.mark.parametrize('method, variant', [('gcbc', 'npg'), ('gcbc', 'dapg'), ('gcbc_final', 'dapg')])
+def test_flat_baselines_fine_tune_through_the_same_step(env, method, variant):
+  """GCBC / BC + fine-tuning and DAPG-GCBC / DAPG-BC: a flat agent pre-trained by `method` runs the
+  same compiled iteration, and its BC term is the gradient of the likelihood of its own
+  pre-training tuples (against the exact enumeration: GCBC's windows of W_h, BC's final states)."""
+  rng = np.random.default_rng(0)
+  observations = np.asarray(tasks.INIT_QPOS, np.float32) + 0.05 * rng.normal(size=(3, 9, tasks.NQ)).astype(np.float32)
+  demos = PaddedDemos(observations, rng.uniform(-1, 1, size=(3, 8, 9)).astype(np.float32), np.array([8, 6, 5], np.int32))
+  bc = train.BCConfig(method=method, relabel=WINDOWS, policy=networks.PolicyConfig(hidden=(8,)))
+  agent = train.make_agent(bc)
+  pretrained = train.init_state(agent, bc, demos, jax.random.key(0))
+  config = rrf_config(variant=variant, pretrain=method)
+  state, history = run(env, (agent, pretrained.params, pretrained.normalizers, train.device_demos(demos)), config,
+                       iterations=2)
+  assert set(state.params) == {'low'} and compiled(env, agent, config)._cache_size() == 1
+  assert all(np.isfinite(v).all() for m in history for v in m.values())
+  assert not np.allclose(ravel(state.params['low']), ravel(pretrained.params['low']))
+  if variant == 'npg':
+    return
+  if method == 'gcbc':
+    t = relabel.enumerate_low(demos, WINDOWS.window_high)
+    tuples = (t.observations, t.goals, t.actions)
+  else:  # every step, with its demo's final state as the goal
+    steps = [(i, k) for i, length in enumerate(demos.lengths) for k in range(length)]
+    tuples = (np.stack([observations[i, k] for i, k in steps]),
+              np.stack([observations[i, demos.lengths[i]] for i, _ in steps]),
+              np.stack([demos.actions[i, k] for i, k in steps]))
+  params, normalizer = pretrained.params['low'], pretrained.normalizers['low']
+  exact = ravel(jax.grad(lambda p: jnp.mean(agent.low.log_prob(p, normalizer, *tuples)))(params))
+  batches = rrf._bc_batches(rrf_config(variant=variant, pretrain=method, bc_batch_size=20000), 'low',
+                            jax.random.key(3), [train.device_demos(demos)])
+  sampled = np.asarray(rrf._bc_gradient(agent.low, params, normalizer, batches))
+  assert np.dot(sampled, exact) / (np.linalg.norm(sampled) * np.linalg.norm(exact)) > 0.99
+  assert int(batches[0][1]) == len(tuples[0])
