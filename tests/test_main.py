@@ -109,6 +109,7 @@ def test_smoke_preset_writes_the_report(smoke_run):
   assert info['extra']['eval_seed'] != info['extra']['seed'] or info['extra']['seed'] is None
   results = json.loads((smoke_run / 'results.json').read_text())['results']
   assert results['RIL']['episodes'] == 17 and results['RRF per goal (iril)']['episodes'] == 2
+  assert results['nearest neighbour']['episodes'] == 17
   rrf = [json.loads(line) for line in (smoke_run / 'metrics_rrf.jsonl').read_text().splitlines()]
   assert [r['step'] for r in rrf] == [1, 2, 3]
   assert all(0 <= r['step_completion'] <= 4 and r['low/kl'] is not None for r in rrf)
@@ -172,6 +173,16 @@ def test_two_processes_train_like_one_and_process_0_writes(smoke_run, tmp_path):
         # CG on an ill-conditioned Fisher amplifies summation-order differences in its residual (0.7 % seen).
         rel = 2e-2 if name.endswith('cg_residual') else 1e-3
         assert a[name] == pytest.approx(value, rel=rel, abs=1e-5, nan_ok=True), (phase, a['step'], name)
+
+
+def test_flat_baseline_runs_the_same_job(smoke_run, tmp_path):
+  """DAPG-BC (flat BC without relabeling, then DAPG fine-tuning) through the main job's phases."""
+  run_main(f'--workdir={tmp_path}', '--config.preset=smoke', f'--config.demos.path={smoke_run / "demos"}',
+           '--config.eval.videos=0', '--config.ril.method=gcbc_final', '--config.rrf.variant=dapg')
+  results = json.loads((tmp_path / 'results.json').read_text())['results']
+  assert set(results) == {'BC', 'RRF per goal (dapg)', 'distilled', 'nearest neighbour'}
+  ril = [json.loads(line) for line in (tmp_path / 'metrics_ril.jsonl').read_text().splitlines()]
+  assert 'nll_high' not in ril[0] and len(ril) == 4
 
 
 def test_train_rpl_starts_from_the_ril_checkpoint(smoke_run, tmp_path):
