@@ -118,8 +118,8 @@ def table(results: dict[str, dict], goals) -> str:
   return header + ''.join(f'| {name} | ' + ' | '.join(cell(s) for s in summaries) + ' |\n' for name, summaries in rows)
 
 
-def main(argv, config=None):
-  """The whole job; `config` defaults to the command line's (resolve_config)."""
+def main(argv, config=None, workdir: str | None = None):
+  """The whole job; `config` defaults to the command line's (resolve_config), `workdir` to --workdir."""
   del argv
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
@@ -129,7 +129,7 @@ def main(argv, config=None):
     configs = phases.build(config)
   except (ValueError, KeyError, AttributeError) as e:
     raise app.UsageError(f'invalid config: {e}') from e
-  workdir = _WORKDIR.value
+  workdir = workdir or _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   env = KitchenEnv(KitchenConfig(backend=config.backend, horizon=max(config.rrf.episode_steps,
                                                                      config.eval.episode_steps)))

@@ -175,14 +175,23 @@ def test_two_processes_train_like_one_and_process_0_writes(smoke_run, tmp_path):
         assert a[name] == pytest.approx(value, rel=rel, abs=1e-5, nan_ok=True), (phase, a['step'], name)
 
 
-def test_flat_baseline_runs_the_same_job(smoke_run, tmp_path):
-  """DAPG-BC (flat BC without relabeling, then DAPG fine-tuning) through the main job's phases."""
-  run_main(f'--workdir={tmp_path}', '--config.preset=smoke', f'--config.demos.path={smoke_run / "demos"}',
-           '--config.eval.videos=0', '--config.ril.method=gcbc_final', '--config.rrf.variant=dapg')
-  results = json.loads((tmp_path / 'results.json').read_text())['results']
-  assert set(results) == {'BC', 'RRF per goal (dapg)', 'distilled', 'nearest neighbour'}
-  ril = [json.loads(line) for line in (tmp_path / 'metrics_ril.jsonl').read_text().splitlines()]
-  assert 'nll_high' not in ril[0] and len(ril) == 4
+def test_compare_runs_a_flat_baseline_through_the_main_job(smoke_run, tmp_path):
+  """experiments/compare.py with DAPG-BC (flat BC without relabeling, then DAPG fine-tuning) at the
+  smoke preset: the run directory, its columns, and the comparison table over the seed."""
+  process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'compare.py'), f'--workdir={tmp_path}',
+                            '--config.preset=smoke', f'--config.demos.path={smoke_run / "demos"}',
+                            '--config.eval.videos=0', '--methods=dapg_bc', '--seeds=3'],
+                           cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
+  assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
+  run = tmp_path / 'dapg_bc' / 'seed3'
+  results = json.loads((run / 'results.json').read_text())
+  assert set(results['results']) == {'BC', 'RRF per goal (dapg)', 'distilled', 'nearest neighbour'}
+  assert results['config']['seed'] == 3 and results['config']['ril']['method'] == 'gcbc_final'
+  assert 'nll_high' not in json.loads((run / 'metrics_ril.jsonl').read_text().splitlines()[0])
+  table = json.loads((tmp_path / 'compare.json').read_text())['table']['dapg_bc']
+  assert table['distilled/step_completion']['mean'] == results['results']['distilled']['step_completion']
+  assert table['rrf/success']['seeds'] == 1 and (tmp_path / 'curves.png').exists()
+  assert '| dapg_bc |' in (tmp_path / 'compare.md').read_text()
 
 
 def test_train_rpl_starts_from_the_ril_checkpoint(smoke_run, tmp_path):
