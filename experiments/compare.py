@@ -36,6 +36,10 @@ METHODS = {  # name -> main-job config overrides
     'bc_ft': {'ril.method': 'gcbc_final', 'rrf.variant': 'npg'},
     'dapg_gcbc': {'ril.method': 'gcbc', 'rrf.variant': 'dapg'},
     'dapg_bc': {'ril.method': 'gcbc_final', 'rrf.variant': 'dapg'},
+    # RIL's low level kept, the high level learned from scratch by NPG; HIRO-style: both from scratch.
+    'pretrain_low': {'rrf.variant': 'npg', 'rrf.finetune_high': True, 'rrf.finetune_low': False,
+                     'rrf.from_scratch': 'high'},
+    'hiro_npg': {'rrf.variant': 'npg', 'rrf.finetune_high': True, 'rrf.from_scratch': 'low,high'},
     **{f'rpl_dapg_wl{w}': {'rrf.variant': 'dapg', 'ril.window_low': w} for w in WINDOWS if w != 30},
     **{f'rpl_dapg_{r}': {'rrf.variant': 'dapg', 'rrf.low_reward': r} for r in REWARDS},
 }

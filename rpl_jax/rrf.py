@@ -60,6 +60,8 @@ class RRFConfig:
   low_reward: str = 'sparse'  # one of LOW_REWARDS
   reach_threshold: float = 0.3  # sparse reward: robot-joint L2 distance to the subgoal (rad)
   finetune_high: bool = False  # the paper fine-tunes the low level only
+  finetune_low: bool = True
+  from_scratch: tuple[str, ...] = ()  # fine-tuned levels re-initialised: ('high',) pre-train-low-only, both HIRO
   update: npg.NPGConfig = npg.NPGConfig()  # the natural-gradient step of each level
   gamma: float = 0.995
   gae_lambda: float = 0.97
@@ -79,8 +81,13 @@ class RRFConfig:
       raise ValueError(f'unknown RRF variant {self.variant!r}; choose from {VARIANTS}.')
     if self.pretrain not in train.METHODS:
       raise ValueError(f'unknown pre-training method {self.pretrain!r}; choose from {train.METHODS}.')
+    object.__setattr__(self, 'from_scratch', tuple(self.from_scratch))
     if self.finetune_high and self.pretrain != 'ril':
       raise ValueError(f'finetune_high needs a hierarchical agent; pretrain={self.pretrain!r} is flat.')
+    if not self.levels:
+      raise ValueError('nothing to fine-tune: finetune_low and finetune_high are both off.')
+    if not set(self.from_scratch) <= set(self.levels):
+      raise ValueError(f'from_scratch={self.from_scratch} names levels that are not fine-tuned ({self.levels}).')
     if self.low_reward not in LOW_REWARDS:
       raise ValueError(f'unknown low-level reward {self.low_reward!r}; choose from {LOW_REWARDS}.')
     for name in ('num_envs', 'episode_steps', 'value_epochs', 'value_batch_size', 'bc_batch_size'):
@@ -103,7 +110,7 @@ class RRFConfig:
   @property
   def levels(self) -> tuple[str, ...]:
     """The fine-tuned levels."""
-    return ('low', 'high') if self.finetune_high else ('low',)
+    return tuple(level for level, on in (('low', self.finetune_low), ('high', self.finetune_high)) if on)
 
   @property
   def uses_demos(self) -> bool:
@@ -176,13 +183,17 @@ def make_value(config: RRFConfig) -> networks.ValueNetwork:
 def init_state(agent: Agent, config: RRFConfig, params: dict[str, Any],
                normalizers: dict[str, networks.PolicyNormalizer], key: jax.Array) -> RRFState:
   """The fine-tuning state from pre-trained (RIL) `params` and `normalizers`: fresh value nets per
-  fine-tuned level and, for IRIL, an empty buffer. vmap it over keys for per-goal states. The state
-  holds copies, so donating it to the compiled step leaves the caller's arrays alive."""
+  fine-tuned level, fresh policy parameters for the `from_scratch` levels (the normalizers stay the
+  demos') and, for IRIL, an empty buffer. vmap it over keys for per-goal states. The state holds
+  copies, so donating it to the compiled step leaves the caller's arrays alive."""
   check_agent(agent, config)
   value_net, optimizer = make_value(config), optax.adam(config.value_learning_rate)
   key, *value_keys = jax.random.split(key, 1 + len(config.levels))
   values = {level: value_net.init(k) for level, k in zip(config.levels, value_keys)}
   params, normalizers = jax.tree.map(jnp.copy, (params, normalizers))
+  if config.from_scratch:
+    key, *scratch_keys = jax.random.split(key, 1 + len(config.from_scratch))
+    params.update({level: agent.by_level[level].init(k) for level, k in zip(config.from_scratch, scratch_keys)})
   return RRFState(params=params, normalizers=normalizers, values=values,
                   value_opt_state={level: optimizer.init(v) for level, v in values.items()},
                   buffer=empty_buffer(config) if config.variant == 'iril' else None, key=key,

@@ -150,6 +150,8 @@ def test_flat_agents_take_the_env_reward_over_whole_episodes():
 
 
 @pytest.mark.parametrize('overrides, message', [
+    (dict(finetune_low=False), 'nothing to fine-tune'),
+    (dict(from_scratch=('high',)), 'names levels that are not fine-tuned'),
     (dict(pretrain='bc'), 'unknown pre-training method'),
     (dict(pretrain='gcbc', finetune_high=True), 'needs a hierarchical agent'),
     (dict(variant='ppo'), 'unknown RRF variant'),
@@ -210,6 +212,27 @@ def test_both_levels_fine_tune_separately(env, setup):
     assert not np.allclose(ravel(state.params[level]), ravel(params[level]))
     assert float(history[0][f'{level}/kl']) <= 1.5 * 0.05
   assert set(state.values) == {'low', 'high'}
+
+
+def test_pretrain_low_only_and_hiro_learn_their_levels_from_scratch(env, setup):
+  """Pre-train-low-only: RIL's low level kept as is, a fresh high level tuned by NPG. HIRO-style:
+  both levels fresh, both tuned."""
+  agent, params, normalizers, _ = setup
+  low_only = rrf_config(variant='npg', finetune_high=True, finetune_low=False, from_scratch=('high',))
+  start = rrf.init_state(agent, low_only, params, normalizers, jax.random.key(1))
+  assert not np.allclose(ravel(start.params['high']), ravel(params['high']))
+  np.testing.assert_array_equal(ravel(start.params['low']), ravel(params['low']))
+  state, history = run(env, setup, low_only)
+  assert set(state.values) == {'high'} and 'low/kl' not in history[0] and 'high/kl' in history[0]
+  np.testing.assert_array_equal(ravel(state.params['low']), ravel(params['low']))
+  assert not np.allclose(ravel(state.params['high']), ravel(start.params['high']))
+  hiro = rrf_config(variant='npg', finetune_high=True, from_scratch=('low', 'high'))
+  fresh = rrf.init_state(agent, hiro, params, normalizers, jax.random.key(1))
+  for level in ('low', 'high'):
+    assert not np.allclose(ravel(fresh.params[level]), ravel(params[level]))
+  state, _ = run(env, setup, hiro)
+  for level in ('low', 'high'):
+    assert not np.allclose(ravel(state.params[level]), ravel(fresh.params[level]))
 
 
 def test_same_key_same_run_other_key_other_run(env, setup):
