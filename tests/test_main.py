@@ -81,6 +81,24 @@ def test_unknown_presets_keys_and_bad_combinations_fail_on_the_command_line(tmp_
     assert not glob.glob(str(tmp_path / '*' / 'checkpoints'))  # failed before any phase ran
 
 
+def test_every_compared_method_is_a_valid_config():
+  """experiments/compare.py's methods (baselines and ablations) pass the main job's validation at the
+  smoke and quick presets, and each changes the config it names."""
+  sys.path.insert(0, os.path.join(REPO, 'experiments'))
+  try:
+    spec = importlib.util.spec_from_file_location('compare', os.path.join(REPO, 'experiments', 'compare.py'))
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+  finally:
+    sys.path.remove(os.path.join(REPO, 'experiments'))
+  for preset in ('smoke', 'quick'):
+    for method, overrides in compare.METHODS.items():
+      config = compare.method_config(main_config.get_config(preset), method, seed=5)
+      configs = phases.build(config)
+      assert config.seed == 5 and all(config[p.split('.')[0]][p.split('.')[1]] == v for p, v in overrides.items())
+      assert (configs.bc.method, configs.rrf.variant) == (config.ril.method, config.rrf.variant), method
+
+
 def test_overrides_win_over_the_preset():
   config = main_config.get_config('quick')
   config.rrf.num_envs = 3
