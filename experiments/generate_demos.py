@@ -116,7 +116,8 @@ def main(argv):
         for i in todo:
           batch = play.play_shard(player, _CONFIG.value.seed, i, sizes[i], stats, max_rollouts, on_batch=on_batch)
           writer.write_shard(i, [batch.demo(j) for j in range(sizes[i])], seeds=batch.seeds,
-                             element_orders=[play.element_names(p) for p in batch.plans])
+                             element_orders=[play.element_names(p) for p in batch.plans],
+                             element_steps=play.element_steps(batch.completion))
       except play.TooManyRollouts as e:
         status = f'{e} Shard {i} is not written (the shards before it are).'
   seconds = time.perf_counter() - start  # the generation, compiles included; not the expert's setup

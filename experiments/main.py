@@ -35,7 +35,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 
 from envs.kitchen import KitchenConfig, KitchenEnv, render  # noqa: E402
 from rpl_jax import evaluation, nearest_neighbour, parallel, phases  # noqa: E402
-from rpl_jax.data import load_padded  # noqa: E402
+from rpl_jax.data import load_padded, read_element_steps  # noqa: E402
 from rpl_jax.files import write_atomic  # noqa: E402
 from rpl_jax.logs import write_run_info  # noqa: E402
 
@@ -47,7 +47,7 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'Multi-host: host:
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 1, 'Multi-host: the number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', 0, 'Multi-host: this process (0 writes the logs and report).')
 
-IMITATION = {'ril': 'RIL', 'gcbc': 'GCBC', 'gcbc_final': 'BC'}  # report names of the imitation phase's methods
+IMITATION = {'ril': 'RIL', 'gcbc': 'GCBC', 'gcbc_final': 'BC', 'oracle': 'oracle-segmented IL'}  # report names of the imitation phase's methods
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -142,13 +142,15 @@ def main(argv, config=None, workdir: str | None = None):
   run_config = phases.to_json(config)
   info = parallel.is_writer() and write_run_info(
       workdir, {'config': run_config, 'seed': config.seed, 'eval_seed': config.eval.seed})
-  demos = load_padded(demos_path(config, workdir))
+  path = demos_path(config, workdir)
+  demos = load_padded(path)
+  boundaries = read_element_steps(path) if config.ril.method == 'oracle' else None  # that baseline alone
   print(f'{len(demos.lengths)} demos; {env.backend} backend on {jax.devices()}', flush=True)
   keep = dict(checkpoint_every=config.checkpoint_every, max_to_keep=config.max_to_keep)
   agent, ril_state = phases.ril(workdir, run_config, configs, demos, config.seed, config.ril.train_steps, **keep,
-                                from_workdir=config.ril.from_workdir)
+                                from_workdir=config.ril.from_workdir, boundaries=boundaries)
   tuned = phases.fine_tune(workdir, run_config, configs, env, agent, ril_state, demos, config.seed,
-                           config.rrf.iterations, **keep)
+                           config.rrf.iterations, **keep, boundaries=boundaries)
   distilled = phases.distillation(workdir, run_config, configs, env, agent, ril_state, tuned, config.seed,
                                   config.max_to_keep)
   ril_params, tuned_params, distilled, normalizers = parallel.fetch(

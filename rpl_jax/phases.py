@@ -139,9 +139,11 @@ def run_phase(workdir: str, phase: str, run_config: dict[str, Any], state, step:
 
 
 def ril(workdir: str, run_config: dict, configs: RunConfigs, demos, seed: int, train_steps: int,
-        checkpoint_every: int, max_to_keep: int, from_workdir: str = '') -> tuple[Any, train.BCState]:
-  """RIL on `demos` (host PaddedDemos), or, with `from_workdir`, the final RIL state of that run
-  directory (its network sizes must match this config's). Returns (agent, BCState)."""
+        checkpoint_every: int, max_to_keep: int, from_workdir: str = '',
+        boundaries: np.ndarray | None = None) -> tuple[Any, train.BCState]:
+  """RIL (or the configured imitation baseline) on `demos` (host PaddedDemos; the oracle baseline
+  also takes their element `boundaries`), or, with `from_workdir`, the final state of that run
+  directory's phase (its network sizes must match this config's). Returns (agent, BCState)."""
   relabel.check_windows(configs.bc.relabel, demos.lengths)
   agent = train.make_agent(configs.bc)
   state = train.init_state(agent, configs.bc, demos, jax.random.key(seed))
@@ -149,7 +151,7 @@ def ril(workdir: str, run_config: dict, configs: RunConfigs, demos, seed: int, t
     print(f'ril: the final checkpoint of {from_workdir}', flush=True)
     return agent, load_state(os.path.join(from_workdir, 'ril', 'checkpoints'), state)
   mesh = configs.mesh
-  state, device_demos = parallel.put((state, train.device_demos(demos)), mesh)
+  state, device_demos = parallel.put((state, train.training_data(configs.bc.method, demos, boundaries)), mesh)
   compiled = train.jit_train_step(agent, configs.bc, mesh)
   state = run_phase(workdir, 'ril', run_config, state, lambda s: compiled(s, device_demos), train_steps,
                     checkpoint_every, max_to_keep, lambda m: {k: float(v) for k, v in m.items()})
@@ -171,7 +173,8 @@ def rrf_scalars(metrics: dict[str, np.ndarray], goals: tuple[str, ...]) -> dict[
 
 
 def fine_tune(workdir: str, run_config: dict, configs: RunConfigs, env, agent, ril_state: train.BCState, demos,
-              seed: int, iterations: int, checkpoint_every: int, max_to_keep: int) -> rrf.RRFState:
+              seed: int, iterations: int, checkpoint_every: int, max_to_keep: int,
+              boundaries: np.ndarray | None = None) -> rrf.RRFState:
   """Per-goal RRF of every goal in configs.rrf_goals at once (the step vmapped over goals). Returns
   the final per-goal state (leading axis: goals)."""
   config, goals = configs.rrf, configs.rrf_goals
@@ -180,7 +183,8 @@ def fine_tune(workdir: str, run_config: dict, configs: RunConfigs, env, agent, r
   goal_states = jnp.asarray(np.stack([tasks.goal_state(g) for g in goals]), jnp.float32)
   mesh = configs.mesh
   state, goal_states = parallel.put((state, goal_states), mesh, parallel.GOAL)
-  device_demos = parallel.put(train.device_demos(demos), mesh) if config.uses_demos else None
+  device_demos = parallel.put(train.training_data(config.pretrain, demos, boundaries), mesh) if config.uses_demos \
+      else None
   compiled = rrf.jit_rrf_step(env, agent, config, per_goal=True, mesh=mesh)
   return run_phase(workdir, 'rrf', run_config, state, lambda s: compiled(s, goal_states, device_demos), iterations,
                    checkpoint_every, max_to_keep, functools.partial(rrf_scalars, goals=goals),

@@ -163,6 +163,32 @@ def sample_final(key: jax.Array, demos: PaddedDemos, batch_size: int) -> LowBatc
   return LowBatch(observations[demo, t], demos.actions[demo, t], observations[demo, demos.lengths[demo]])
 
 
+class SegmentedDemos(NamedTuple):
+  """Demos with oracle segment boundaries, for the oracle-segmentation baseline only: per demo, the
+  state indices at which each element of its play was first complete (the generator's metadata)."""
+  demos: PaddedDemos
+  boundaries: jax.Array  # int32 [N, K]
+
+  @property
+  def lengths(self) -> jax.Array:
+    return self.demos.lengths
+
+
+@functools.partial(jax.jit, static_argnames=('batch_size',))
+def sample_segments(key: jax.Array, data: SegmentedDemos, batch_size: int) -> tuple[LowBatch, HighBatch]:
+  """Oracle segmentation: t uniform over every step of every demo, and `end`, the first boundary
+  after t (the demo's last state past the last boundary). Returns the low level's (s_t, a_t, s_end)
+  and the high level's (s_t, subgoal s_end, goal s_T)."""
+  demos = data.demos
+  _check_demos(demos)
+  demo, t, _ = sample_windows(key, demos.lengths, 1, batch_size)
+  length, boundaries = demos.lengths[demo], data.boundaries[demo]
+  end = jnp.min(jnp.where(boundaries > t[:, None], jnp.minimum(boundaries, length[:, None]), length[:, None]), axis=-1)
+  observations = demos.observations
+  return (LowBatch(observations[demo, t], demos.actions[demo, t], observations[demo, end]),
+          HighBatch(observations[demo, t], observations[demo, end], observations[demo, length]))
+
+
 def enumerate_windows(lengths: np.ndarray | jax.Array, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Every window tuple as int64 arrays (demo, t, w), in the order of the module docstring."""
   _check_positive(window=window)

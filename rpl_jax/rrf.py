@@ -54,7 +54,7 @@ LOW_REWARDS = ('sparse', 'euclidean', 'elementwise')
 @dataclasses.dataclass(frozen=True)
 class RRFConfig:
   variant: str = 'dapg'  # one of VARIANTS
-  pretrain: str = 'ril'  # the agent's imitation method (train.METHODS): hierarchical 'ril', or a flat baseline
+  pretrain: str = 'ril'  # the agent's imitation method (train.METHODS): hierarchical ril or oracle, or flat
   num_envs: int = 64  # episodes per iteration (per goal)
   episode_steps: int = 280
   low_reward: str = 'sparse'  # one of LOW_REWARDS
@@ -82,7 +82,9 @@ class RRFConfig:
     if self.pretrain not in train.METHODS:
       raise ValueError(f'unknown pre-training method {self.pretrain!r}; choose from {train.METHODS}.')
     object.__setattr__(self, 'from_scratch', tuple(self.from_scratch))
-    if self.finetune_high and self.pretrain != 'ril':
+    if self.variant == 'iril' and self.pretrain == 'oracle':
+      raise ValueError("IRIL relabels its rollouts, which have no oracle segments: use variant 'npg' or 'dapg'.")
+    if self.finetune_high and self.pretrain not in train.HIERARCHICAL:
       raise ValueError(f'finetune_high needs a hierarchical agent; pretrain={self.pretrain!r} is flat.')
     if not self.levels:
       raise ValueError('nothing to fine-tune: finetune_low and finetune_high are both off.')
@@ -201,9 +203,9 @@ def init_state(agent: Agent, config: RRFConfig, params: dict[str, Any],
 
 
 def check_agent(agent: Agent, config: RRFConfig) -> None:
-  if (agent.high is None) != (config.pretrain != 'ril'):
+  if (agent.high is None) == (config.pretrain in train.HIERARCHICAL):
     raise ValueError(f"the agent is {'flat' if agent.high is None else 'hierarchical'} but config.pretrain is "
-                     f'{config.pretrain!r}: RIL agents are hierarchical, the GCBC baselines flat.')
+                     f'{config.pretrain!r}: RIL and oracle agents are hierarchical, the GCBC baselines flat.')
   if agent.horizon != config.relabel.horizon:
     raise ValueError(f'the agent acts every H={agent.horizon} steps but config.relabel.horizon is '
                      f'{config.relabel.horizon}.')
@@ -235,7 +237,7 @@ def _level_samples(config: RRFConfig, horizon: int, trajectory, goal: jax.Array)
   observations = trajectory.observations  # [N, T + 1, 30]
   steps = config.episode_steps
   t = jnp.arange(steps)
-  if config.pretrain != 'ril':  # a flat agent acts on the goal; the env's reward, whole episodes
+  if config.pretrain not in train.HIERARCHICAL:  # a flat agent acts on the goal; the env's reward, whole episodes
     reward, ends = trajectory.rewards, t == steps - 1
   else:
     reward = low_reward(config.low_reward, observations[:, 1:], trajectory.subgoals, config.reach_threshold)
@@ -257,7 +259,8 @@ def _level_samples(config: RRFConfig, horizon: int, trajectory, goal: jax.Array)
 
 def make_rrf_step(env, agent: Agent, config: RRFConfig, mesh=None):
   """`step(state, goal [30], demos | None) -> (state, metrics)`: one RRF iteration toward `goal`.
-  `demos` (device PaddedDemos) feed the BC term of dapg and iril; npg takes None. With a `mesh`
+  `demos` (train.training_data of the pre-training method) feed the BC term of dapg and iril; npg
+  takes None. With a `mesh`
   (rpl_jax.parallel), the envs and the BC minibatches are split over its data axis."""
   check_agent(agent, config)
   value_net, value_optimizer = make_value(config), optax.adam(config.value_learning_rate)

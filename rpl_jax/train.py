@@ -28,7 +28,8 @@ from rpl_jax.relabel import RelabelConfig
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.rollout import Agent
 
-METHODS = ('ril', 'gcbc', 'gcbc_final')
+METHODS = ('ril', 'gcbc', 'gcbc_final', 'oracle')
+HIERARCHICAL = ('ril', 'oracle')  # the methods that train two levels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,7 @@ class BCState:
 def make_agent(config: BCConfig) -> Agent:
   """RIL's two levels, or the baselines' one flat policy, over 30-d states and goals."""
   low = networks.make_policy(tasks.NQ, tasks.NQ, ACTION_DIM, config.policy)
-  high = networks.make_policy(tasks.NQ, tasks.NQ, tasks.NQ, config.policy) if config.method == 'ril' else None
+  high = networks.make_policy(tasks.NQ, tasks.NQ, tasks.NQ, config.policy) if config.method in HIERARCHICAL else None
   return Agent(low, high, config.relabel.horizon)
 
 
@@ -94,7 +95,7 @@ class Sampler(NamedTuple):
 def samplers(method: str, windows: RelabelConfig, batch_size: int) -> dict[str, Sampler]:
   """Per level of `method`'s agent, its Sampler: RIL's low level Algorithm 2 (W_l) and high level
   Algorithm 3; GCBC Algorithm 2 over W_h; GCBC without relabeling the demo's final state (width-1
-  tuples: every step once)."""
+  tuples: every step once); oracle segmentation, every step with its segment's end (width 1)."""
   def low(window):
     def draw(key, demos):
       batch = relabel.sample_low(key, demos, window, batch_size)
@@ -115,6 +116,14 @@ def samplers(method: str, windows: RelabelConfig, batch_size: int) -> dict[str, 
     return {'low': low(windows.window_high)}
   if method == 'gcbc_final':
     return {'low': Sampler(final, 1)}
+  if method == 'oracle':  # draws from relabel.SegmentedDemos
+    def segment(level):
+      def draw(key, data):
+        low, high = relabel.sample_segments(key, data, batch_size)
+        return (low.observations, low.goals, low.actions) if level == 'low' else \
+            (high.observations, high.goals, high.subgoals)
+      return Sampler(draw, 1)
+    return {'low': segment('low'), 'high': segment('high')}
   raise ValueError(f'unknown method {method!r}; choose from {METHODS}.')
 
 
@@ -177,4 +186,15 @@ def jit_train_step(agent: Agent, config: BCConfig, mesh=None):
 def device_demos(demos: PaddedDemos) -> PaddedDemos:
   """The demos as device arrays, for the samplers."""
   return PaddedDemos(*(jnp.asarray(x) for x in demos))
+
+
+def training_data(method: str, demos: PaddedDemos, boundaries: np.ndarray | None = None):
+  """What `method`'s samplers draw from, on the device: the demos, or for the oracle-segmentation
+  baseline the demos with their element boundaries (data.read_element_steps)."""
+  if method != 'oracle':
+    return device_demos(demos)
+  if boundaries is None or np.shape(boundaries)[0] != len(demos.lengths):
+    raise ValueError('the oracle-segmentation baseline needs the element boundaries of every demo '
+                     '(the generator records them in metadata.json).')
+  return relabel.SegmentedDemos(device_demos(demos), jnp.asarray(boundaries, jnp.int32))
 

@@ -193,12 +193,13 @@ def test_two_processes_train_like_one_and_process_0_writes(smoke_run, tmp_path):
         assert a[name] == pytest.approx(value, rel=rel, abs=1e-5, nan_ok=True), (phase, a['step'], name)
 
 
-def test_compare_runs_a_flat_baseline_through_the_main_job(smoke_run, tmp_path):
-  """experiments/compare.py with DAPG-BC (flat BC without relabeling, then DAPG fine-tuning) at the
-  smoke preset: the run directory, its columns, and the comparison table over the seed."""
+def test_compare_runs_baselines_through_the_main_job(smoke_run, tmp_path):
+  """experiments/compare.py with DAPG-BC (flat BC without relabeling, then DAPG fine-tuning) and the
+  oracle-segmentation baseline (which reads the generator's element steps) at the smoke preset: the
+  run directories, their columns, and the comparison table over the seed."""
   process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'compare.py'), f'--workdir={tmp_path}',
                             '--config.preset=smoke', f'--config.demos.path={smoke_run / "demos"}',
-                            '--config.eval.videos=0', '--methods=dapg_bc', '--seeds=3'],
+                            '--config.eval.videos=0', '--methods=dapg_bc,oracle_rrf', '--seeds=3'],
                            cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
   assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
   run = tmp_path / 'dapg_bc' / 'seed3'
@@ -210,6 +211,8 @@ def test_compare_runs_a_flat_baseline_through_the_main_job(smoke_run, tmp_path):
   assert table['distilled/step_completion']['mean'] == results['results']['distilled']['step_completion']
   assert table['rrf/success']['seeds'] == 1 and (tmp_path / 'curves.png').exists()
   assert '| dapg_bc |' in (tmp_path / 'compare.md').read_text()
+  oracle = json.loads((tmp_path / 'oracle_rrf' / 'seed3' / 'results.json').read_text())['results']
+  assert 'oracle-segmented IL' in oracle and oracle['RRF per goal (dapg)']['episodes'] == 2
 
 
 def test_train_rpl_starts_from_the_ril_checkpoint(smoke_run, tmp_path):

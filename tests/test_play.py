@@ -6,12 +6,13 @@ The expert's constructor and the rollout's compile are slow (about a minute each
 module-scoped run serves all end-to-end tests."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from envs.kitchen import KitchenConfig, KitchenEnv, tasks
 from rpl_jax.data import play
-from rpl_jax.data.demos import DatasetWriter, load_demos, pad_demos, read_metadata
+from rpl_jax.data.demos import DatasetWriter, load_demos, pad_demos, read_element_steps, read_metadata
 
 # The knobs, the switch and the slide cabinet are the expert's most reliable elements so far; in this
 # order it completes all four within 500 steps in about two trials of three, and play_shard draws
@@ -103,10 +104,13 @@ def test_element_attempts():
   assert succeeded.tolist() == [[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]]
 
 
+PLAY_ENV = KitchenConfig(backend='cpu', reset_noise_scale=0.005)
+
+
 @pytest.fixture(scope='module')
 def generated(tmp_path_factory):
   from envs.kitchen.expert import Expert  # slow to build: only for the tests that need it
-  env = KitchenEnv(KitchenConfig(backend='cpu', reset_noise_scale=0.005))
+  env = KitchenEnv(PLAY_ENV)
   config = play.PlayConfig(orderings=(ORDERING,), max_steps=MAX_STEPS, extra_steps=EXTRA_STEPS, batch_size=BATCH_SIZE)
   player = play.Player(env, Expert(env.model), config)
   stats = play.PlayStats(MAX_STEPS)
@@ -114,8 +118,36 @@ def generated(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('play'))
   writer = DatasetWriter(path, config={'orderings': [ORDERING]}, backend=env.backend, seed=0, demos_per_shard=NUM_DEMOS)
   writer.write_shard(0, [batch.demo(i) for i in range(NUM_DEMOS)], seeds=batch.seeds,
-                     element_orders=[play.element_names(p) for p in batch.plans])
+                     element_orders=[play.element_names(p) for p in batch.plans],
+                     element_steps=play.element_steps(batch.completion))
   return player, stats, batch, path
+
+
+def test_recorded_element_steps_are_where_a_replay_first_completes_each_element(generated):
+  """The oracle-segmentation baseline's boundaries (metadata) against replaying each demo's actions
+  from its seed and watching the true state."""
+  player, _, _, path = generated
+  meta = read_metadata(path)['shards'][0]
+  plans = play.parse_orderings(['-'.join(order) for order in meta['element_orders']])
+  padded, recorded = pad_demos(load_demos(path)), read_element_steps(path)
+  env = KitchenEnv(PLAY_ENV)
+
+  @jax.jit
+  def first_complete(seed, plan, goal, actions):
+    state = env.reset(play.demo_keys(seed)[0], goal)
+
+    def step(state, action):
+      state = env.step(state, action)
+      return state, tasks.element_completion(state.data.qpos)[plan]
+
+    complete = jnp.concatenate([tasks.element_completion(state.data.qpos)[plan][None],
+                                jax.lax.scan(step, state, actions)[1]])
+    return jnp.argmax(complete, axis=0)
+
+  for i, seed in enumerate(meta['seeds']):
+    steps = first_complete(seed, plans[i], jnp.asarray(play.goal_states(plans[i:i + 1])[0]), padded.actions[i])
+    np.testing.assert_array_equal(steps, recorded[i])
+    assert (np.diff(recorded[i]) >= 0).all() and recorded[i][-1] <= padded.lengths[i]
 
 
 def test_generated_demos_round_trip(generated):

@@ -267,3 +267,27 @@ def test_bad_sampler_arguments_raise_before_compiling():
       relabel.sample_final(key, demos, 0)
     with pytest.raises(ValueError, match='window must be >= 1, got 0'):
       relabel.enumerate_windows(LENGTHS, 0)
+
+
+def test_oracle_segments_match_brute_force():
+  """Every (demo, t) is drawn, uniformly; the low level's goal and the high level's subgoal are the
+  state at the first boundary after t (the demo's end past the last, ties and boundaries at the end
+  included); the high level's goal is the demo's last state."""
+  lengths = np.array([6, 4], np.int32)
+  boundaries = np.array([[2, 4, 5, 5], [1, 1, 3, 4]], np.int32)
+  observations = np.zeros((2, 7, 30), np.float32)
+  observations[..., 0] = 100 * np.arange(2)[:, None] + np.arange(7)  # state (i, t) reads 100 i + t
+  demos = PaddedDemos(observations, np.zeros((2, 6, 9), np.float32), lengths)
+  expected = {}
+  for i, length in enumerate(lengths):
+    for t in range(length):
+      later = [b for b in boundaries[i] if b > t]
+      expected[100 * i + t] = (100 * i + (min(later) if later else length), 100 * i + length)
+  low, high = relabel.sample_segments(jax.random.key(0), relabel.SegmentedDemos(demos, jnp.asarray(boundaries)), 5000)
+  drawn = np.asarray(low.observations[:, 0]).astype(int)
+  assert set(drawn) == set(expected)
+  counts = np.array([np.sum(drawn == k) for k in expected])
+  assert counts.min() > 0.7 * 5000 / len(expected)
+  for start, low_goal, subgoal, goal in zip(drawn, np.asarray(low.goals[:, 0]), np.asarray(high.subgoals[:, 0]),
+                                            np.asarray(high.goals[:, 0])):
+    assert (low_goal, goal) == expected[start] and subgoal == low_goal

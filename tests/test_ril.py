@@ -93,15 +93,18 @@ def test_same_key_same_training_and_different_keys_differ():
   assert not np.allclose(run(0), run(1))
 
 
-@pytest.mark.parametrize('method, levels', [('ril', {'low', 'high'}), ('gcbc', {'low'}), ('gcbc_final', {'low'})])
+@pytest.mark.parametrize('method, levels', [('ril', {'low', 'high'}), ('gcbc', {'low'}), ('gcbc_final', {'low'}),
+                                            ('oracle', {'low', 'high'})])
 def test_methods_train_their_levels(method, levels):
   demos = _demos()
   config = _config(method, updates_per_step=2)
   agent = train.make_agent(config)
   assert set(agent.levels) == levels
   state = train.init_state(agent, config, demos, jax.random.key(0))
-  _, metrics = train.jit_train_step(agent, config)(state, train.device_demos(demos))
+  boundaries = np.array([[10, 20, 30, 40], [5, 25, 45, 55], [30, 40, 50, 60]], np.int32)  # oracle only
+  new, metrics = train.jit_train_step(agent, config)(state, train.training_data(method, demos, boundaries))
   assert set(metrics) == {f'nll_{level}' for level in levels} | {'grad_norm'}
+  assert int(new.updates) == 2 and all(np.isfinite(float(v)) for v in metrics.values())
 
 
 def test_normalizers_ignore_padding():

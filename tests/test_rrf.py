@@ -153,6 +153,7 @@ def test_flat_agents_take_the_env_reward_over_whole_episodes():
     (dict(finetune_low=False), 'nothing to fine-tune'),
     (dict(from_scratch=('high',)), 'names levels that are not fine-tuned'),
     (dict(pretrain='bc'), 'unknown pre-training method'),
+    (dict(pretrain='oracle', variant='iril'), 'no oracle segments'),
     (dict(pretrain='gcbc', finetune_high=True), 'needs a hierarchical agent'),
     (dict(variant='ppo'), 'unknown RRF variant'),
     (dict(low_reward='dense'), 'unknown low-level reward'),
@@ -317,3 +318,25 @@ def test_flat_baselines_fine_tune_through_the_same_step(env, method, variant):
   sampled = np.asarray(rrf._bc_gradient(agent.low, params, normalizer, batches))
   assert np.dot(sampled, exact) / (np.linalg.norm(sampled) * np.linalg.norm(exact)) > 0.99
   assert int(batches[0][1]) == len(tuples[0])
+
+
+def test_oracle_segmentation_agent_fine_tunes_with_its_segments_as_the_bc_pool(env):
+  """Hierarchical IL on oracle segments then DAPG: the BC term draws from the demos with their
+  element boundaries, every step once (its tuple count is the number of steps)."""
+  rng = np.random.default_rng(0)
+  observations = np.asarray(tasks.INIT_QPOS, np.float32) + 0.05 * rng.normal(size=(3, 9, tasks.NQ)).astype(np.float32)
+  demos = PaddedDemos(observations, rng.uniform(-1, 1, size=(3, 8, 9)).astype(np.float32), np.array([8, 6, 5], np.int32))
+  boundaries = np.array([[2, 4, 6, 8], [1, 3, 3, 6], [2, 3, 4, 5]], np.int32)
+  bc = train.BCConfig(method='oracle', relabel=WINDOWS, policy=networks.PolicyConfig(hidden=(8,)))
+  agent = train.make_agent(bc)
+  pretrained = train.init_state(agent, bc, demos, jax.random.key(0))
+  data = train.training_data('oracle', demos, boundaries)
+  state, history = run(env, (agent, pretrained.params, pretrained.normalizers, data),
+                       rrf_config(variant='dapg', pretrain='oracle', finetune_high=True))
+  assert all(np.isfinite(v).all() for v in history[0].values())
+  for level in ('low', 'high'):
+    assert not np.allclose(ravel(state.params[level]), ravel(pretrained.params[level]))
+    batches = rrf._bc_batches(rrf_config(pretrain='oracle', finetune_high=True), level, jax.random.key(1), [data])
+    assert int(batches[0][1]) == int(demos.lengths.sum())
+  with pytest.raises(ValueError, match='needs the element boundaries'):
+    train.training_data('oracle', demos)

@@ -57,7 +57,9 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   config.demos.videos = 2
 
   config.ril = config_dict.ConfigDict()
-  config.ril.method = 'ril'  # ril | gcbc | gcbc_final: the flat baselines (GCBC, BC) + fine-tuning run the same job
+  # ril | gcbc | gcbc_final (the flat GCBC and BC baselines) | oracle (hierarchical IL on segments cut
+  # where each element was first complete, read from the dataset's metadata): each then fine-tuned by RRF.
+  config.ril.method = 'ril'
   config.ril.from_workdir = ''  # a run directory whose final RIL state to start from instead of training
   config.ril.window_low = 30
   config.ril.window_high = 260

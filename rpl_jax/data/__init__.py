@@ -2,4 +2,4 @@
 
 from rpl_jax.data.d4rl import D4RLDemos, load_d4rl
 from rpl_jax.data.demos import (SCHEMA_VERSION, DatasetError, DatasetWriter, Demo, PaddedDemos, check_demo,
-                                load_demos, load_padded, pad_demos, read_metadata)
+                                load_demos, load_padded, pad_demos, read_element_steps, read_metadata)

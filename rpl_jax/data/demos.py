@@ -6,12 +6,16 @@ A demo is `(s_0, a_0, ..., s_T)`: `observations` float32 [T+1, 30] (30-d qpos) a
   metadata.json      {"format": "rpl_jax.demos", "schema_version": 1, "obs_dim": 30, "action_dim": 9,
                       "backend": str, "seed": int | null, "demos_per_shard": int, "config": {...},
                       "shards": [{"index", "name", "num_demos", "num_steps", "size", "sha256",
-                                  "seeds": [int] | null, "element_orders": [[str]] | null}, ...]}
+                                  "seeds": [int] | null, "element_orders": [[str]] | null,
+                                  "element_steps": [[int]] | null (optional)}, ...]}
   shard-00000.npz    observations float32 [sum(T+1), 30], actions float32 [sum(T), 9],
                      lengths int32 [num_demos] (T per demo); nothing else, read with allow_pickle=False.
 
-Shards hold concatenated arrays so that a load is three reads and a split. Per-demo seeds and element
-orders live only in metadata.json: the arrays carry no segment labels, so learning code cannot see them.
+Shards hold concatenated arrays so that a load is three reads and a split. Per-demo seeds, element
+orders and element steps (the state index at which each element of the order was first complete)
+live only in metadata.json: the arrays carry no segment labels, so learning code cannot see them;
+only the oracle-segmentation baseline reads the steps (`read_element_steps`). Datasets written before
+element steps were recorded lack the key.
 
 A shard is listed in metadata.json only after its file has been atomically written (temp file in the
 same directory, fsync, os.replace); an unlisted shard file is an interrupted write and gets replaced.
@@ -122,8 +126,8 @@ def _check_shard_entry(entry: Any, path: str, demos_per_shard: int) -> None:
   n = entry['num_demos']
   if not isinstance(n, int) or not 1 <= n <= demos_per_shard:
     raise DatasetError(f'{path}: {entry["name"]}: num_demos must be in [1, {demos_per_shard}], got {n!r}.')
-  for key in ('seeds', 'element_orders'):
-    if entry[key] is not None and (not isinstance(entry[key], list) or len(entry[key]) != n):
+  for key in ('seeds', 'element_orders', 'element_steps'):
+    if entry.get(key) is not None and (not isinstance(entry[key], list) or len(entry[key]) != n):
       raise DatasetError(f'{path}: {entry["name"]}: {key} must be null or a list of {n} entries.')
 
 
@@ -218,6 +222,18 @@ def load_demos(path: str) -> list[Demo]:
   return [demo for entry in meta['shards'] for demo in _read_shard(os.path.join(path, entry['name']), entry)]
 
 
+def read_element_steps(path: str) -> np.ndarray:
+  """int32 [N, K], in load order: per demo, the state index at which each element of its order was
+  first complete, as the generator recorded it; DatasetError if the dataset lacks them or they do not
+  fit the demos."""
+  meta = read_metadata(path)
+  steps = [s for entry in meta['shards'] for s in (entry.get('element_steps') or [None] * entry['num_demos'])]
+  if any(s is None for s in steps) or len({len(s) for s in steps}) != 1:
+    raise DatasetError(f'{path}: the dataset does not record per-demo element steps of equal count (datasets '
+                       'generated before they were recorded lack them); regenerate it with generate_demos.py.')
+  return np.asarray(steps, np.int32)
+
+
 def load_padded(path: str) -> PaddedDemos:
   """The dataset in `path` as fixed-shape arrays, ready for `jax.device_put`."""
   return pad_demos(load_demos(path))
@@ -282,10 +298,12 @@ class DatasetWriter:
     return frozenset(e['index'] for e in self._meta['shards'])
 
   def write_shard(self, index: int, demos: Sequence[Demo], *, seeds: Sequence[int] | None = None,
-                  element_orders: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
+                  element_orders: Sequence[Sequence[str]] | None = None,
+                  element_steps: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
     """Validate and write shard `index` atomically, then list it in metadata; returns its entry.
 
-    `seeds` and `element_orders` (one per demo) are kept in metadata only, never in the arrays."""
+    `seeds`, `element_orders` and `element_steps` (one per demo; steps are state indices in [0, T])
+    are kept in metadata only, never in the arrays."""
     if index in self.written_shards():
       raise DatasetError(f'{os.path.join(self.path, shard_name(index))}: shard {index} is already written; '
                          'a listed shard is never rewritten.')
@@ -293,9 +311,12 @@ class DatasetWriter:
       raise ValueError(f'shard index must be >= 0, got {index}.')
     if not 1 <= len(demos) <= self._meta['demos_per_shard']:
       raise ValueError(f'a shard holds 1 to {self._meta["demos_per_shard"]} demos, got {len(demos)}.')
-    for name, values in (('seeds', seeds), ('element_orders', element_orders)):
+    for name, values in (('seeds', seeds), ('element_orders', element_orders), ('element_steps', element_steps)):
       if values is not None and len(values) != len(demos):
         raise ValueError(f'{name} must have one entry per demo ({len(demos)}), got {len(values)}.')
+    if element_steps is not None and any(not 0 <= int(t) <= len(d.actions) for d, steps in zip(demos, element_steps)
+                                         for t in steps):
+      raise ValueError('element_steps must be state indices within each demo, [0, T].')
     path = os.path.join(self.path, shard_name(index))
     observations = [np.asarray(d.observations, np.float32) for d in demos]
     actions = [np.asarray(d.actions, np.float32) for d in demos]
@@ -307,7 +328,8 @@ class DatasetWriter:
     entry = dict(index=index, name=shard_name(index), num_demos=len(demos), num_steps=len(arrays['actions']),
                  size=os.path.getsize(path), sha256=_sha256(path),
                  seeds=None if seeds is None else [int(s) for s in seeds],
-                 element_orders=None if element_orders is None else [[str(e) for e in o] for o in element_orders])
+                 element_orders=None if element_orders is None else [[str(e) for e in o] for o in element_orders],
+                 element_steps=None if element_steps is None else [[int(t) for t in s] for s in element_steps])
     self._meta['shards'] = sorted(self._meta['shards'] + [entry], key=lambda e: e['index'])
     self._write_metadata()
     return dict(entry)

@@ -170,6 +170,13 @@ def cut(completion: np.ndarray, nonfinite: np.ndarray, max_steps: int,
   return lengths, outcomes
 
 
+def element_steps(completion: np.ndarray) -> np.ndarray:
+  """int32 [B, 4]: per rollout (completion bool [B, S+1, 4], plan order), the first state index at
+  which each plan element is complete (S + 1 if never)."""
+  completion = np.asarray(completion, bool)
+  return np.where(completion.any(axis=1), completion.argmax(axis=1), completion.shape[1]).astype(np.int32)
+
+
 def replay(env, seeds: jax.Array, goals: jax.Array, actions: jax.Array, lengths: jax.Array) -> jax.Array:
   """bool [B]: replaying `actions` ([B, T_max, 9], padded past `lengths`) from each seed's reset key
   ends, after lengths[i] steps, with every goal element complete in the true state and no non-finite
