@@ -38,6 +38,8 @@ METHODS = {  # name -> main-job config overrides
     'dapg_bc': {'ril.method': 'gcbc_final', 'rrf.variant': 'dapg'},
     # Hierarchical IL on the demos cut where each element was first complete (generator metadata), then RRF.
     'oracle_rrf': {'ril.method': 'oracle', 'rrf.variant': 'dapg'},
+    # Off-policy IL+RL on the same env batch: AWR actor, Q on demos plus replay (rpl_jax/awopt.py).
+    'awopt': {'ril.method': 'gcbc', 'rrf.variant': 'awopt'},
     # RIL's low level kept, the high level learned from scratch by NPG; HIRO-style: both from scratch.
     'pretrain_low': {'rrf.variant': 'npg', 'rrf.finetune_high': True, 'rrf.finetune_low': False,
                      'rrf.from_scratch': 'high'},

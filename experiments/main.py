@@ -176,7 +176,8 @@ def main(argv, config=None, workdir: str | None = None):
   pngs = [] if config.ril.from_workdir else [
       curve(workdir, 'ril', ['nll_low', 'nll_high'][:len(agent.levels)],
             f'{IMITATION[config.ril.method]}: negative log-likelihood', 'ril_curve.png')]
-  pngs.append(curve(workdir, 'rrf', ['success', 'step_completion', 'low/reward', 'low/kl'],
+  diagnostics = ['low/q_loss', 'low/mean_weight'] if config.rrf.variant == 'awopt' else ['low/reward', 'low/kl']
+  pngs.append(curve(workdir, 'rrf', ['success', 'step_completion', *diagnostics],
                     f'RRF ({config.rrf.variant}), mean over {len(configs.rrf_goals)} goals', 'rrf_curve.png'))
   write_atomic(os.path.join(workdir, 'results.json'),
                lambda f: f.write(json.dumps({'config': run_config, 'results': results}, indent=1).encode()))

@@ -102,6 +102,18 @@ def shard_batch(tree, mesh: Mesh | None, axes: tuple[str, ...] = (DATA,)):
   return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding(mesh, axes)), tree)
 
 
+def jit_step(step, per_goal: bool = False, mesh: Mesh | None = None):
+  """jit of a training iteration `step(state, goal, demos) -> (state, metrics)` with the state
+  donated; `per_goal` vmaps it over stacked states and goals (demos shared), the goal axis sharded
+  over the mesh's. With a mesh the state keeps its placement and the metrics come back replicated."""
+  if per_goal:
+    step = jax.vmap(step, in_axes=(0, 0, None), spmd_axis_name=None if mesh is None else GOAL)
+  if mesh is None:
+    return jax.jit(step, donate_argnums=0)
+  state_sharding = sharding(mesh, GOAL) if per_goal else sharding(mesh)
+  return jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, sharding(mesh)))
+
+
 def fetch(tree):
   """Host (numpy) copies of arrays, also of those that span other processes' devices. Collective in
   a multi-host run: every process must call it."""

@@ -27,7 +27,7 @@ from ml_collections import config_dict
 
 from envs.kitchen import ACTION_DIM, tasks
 from envs.kitchen import physics as kitchen_physics
-from rpl_jax import distill, networks, npg, parallel, relabel, rrf, train
+from rpl_jax import awopt, distill, networks, npg, parallel, relabel, rrf, train
 from rpl_jax.checkpoint import Checkpointer, load_state, read_config
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.logs import MetricsLogger, Progress
@@ -37,7 +37,7 @@ from rpl_jax.relabel import RelabelConfig
 @dataclasses.dataclass(frozen=True)
 class RunConfigs:
   bc: train.BCConfig
-  rrf: rrf.RRFConfig
+  rrf: rrf.RRFConfig | awopt.AWOptConfig  # the fine-tuning phase: RRF's NPG variants, or AW-Opt
   distill: distill.DistillConfig
   rrf_goals: tuple[str, ...]
   eval_goals: tuple[str, ...]
@@ -61,13 +61,21 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
                       batch_size=config.ril.batch_size, updates_per_step=config.ril.updates_per_step,
                       learning_rate=config.ril.learning_rate)
   r = config.rrf
-  fine_tuning = rrf.RRFConfig(
-      variant=r.variant, pretrain=config.ril.method, num_envs=r.num_envs, episode_steps=r.episode_steps, low_reward=r.low_reward,
-      finetune_high=r.finetune_high, finetune_low=r.finetune_low,
-      from_scratch=tuple(level.strip() for level in r.from_scratch.split(',') if level.strip()), update=npg.NPGConfig(step_size=r.step_size), value_hidden=tuple(r.value_hidden),
-      value_epochs=r.value_epochs, value_batch_size=r.value_batch_size, relabel=windows,
-      dapg_lambda0=r.dapg_lambda0, dapg_lambda1=r.dapg_lambda1, bc_batch_size=r.bc_batch_size,
-      buffer_episodes=r.buffer_episodes)
+  if r.variant == 'awopt':
+    a = config.awopt
+    fine_tuning = awopt.AWOptConfig(
+        pretrain=config.ril.method, num_envs=r.num_envs, episode_steps=r.episode_steps, updates=a.updates,
+        batch_size=a.batch_size, demo_fraction=a.demo_fraction, buffer_transitions=a.buffer_transitions,
+        gamma=a.gamma, beta=a.beta, max_weight=a.max_weight, q_hidden=tuple(a.q_hidden),
+        q_learning_rate=a.q_learning_rate, actor_learning_rate=a.actor_learning_rate, polyak=a.polyak)
+  else:
+    fine_tuning = rrf.RRFConfig(
+        variant=r.variant, pretrain=config.ril.method, num_envs=r.num_envs, episode_steps=r.episode_steps,
+        low_reward=r.low_reward, finetune_high=r.finetune_high, finetune_low=r.finetune_low,
+        from_scratch=tuple(level.strip() for level in r.from_scratch.split(',') if level.strip()),
+        update=npg.NPGConfig(step_size=r.step_size), value_hidden=tuple(r.value_hidden), value_epochs=r.value_epochs,
+        value_batch_size=r.value_batch_size, relabel=windows, dapg_lambda0=r.dapg_lambda0,
+        dapg_lambda1=r.dapg_lambda1, bc_batch_size=r.bc_batch_size, buffer_episodes=r.buffer_episodes)
   d = config.distill
   distillation = distill.DistillConfig(d.episodes_per_goal, d.updates, d.batch_size, d.learning_rate)
   for name, value in (('ril.train_steps', config.ril.train_steps), ('rrf.iterations', r.iterations),
@@ -135,6 +143,13 @@ def run_phase(workdir: str, phase: str, run_config: dict[str, Any], state, step:
   return state
 
 
+def _trainer(config):
+  """(init_state, make_step) of a fine-tuning config: RRF's NPG variants, or AW-Opt."""
+  if isinstance(config, awopt.AWOptConfig):
+    return awopt.init_state, awopt.make_awopt_step
+  return rrf.init_state, rrf.make_rrf_step
+
+
 # --- the phases -----------------------------------------------------------------------------------
 
 
@@ -174,25 +189,26 @@ def rrf_scalars(metrics: dict[str, np.ndarray], goals: tuple[str, ...]) -> dict[
 
 def fine_tune(workdir: str, run_config: dict, configs: RunConfigs, env, agent, ril_state: train.BCState, demos,
               seed: int, iterations: int, checkpoint_every: int, max_to_keep: int,
-              boundaries: np.ndarray | None = None) -> rrf.RRFState:
-  """Per-goal RRF of every goal in configs.rrf_goals at once (the step vmapped over goals). Returns
-  the final per-goal state (leading axis: goals)."""
+              boundaries: np.ndarray | None = None):
+  """Per-goal fine-tuning (RRF, or AW-Opt) of every goal in configs.rrf_goals at once (the step
+  vmapped over goals). Returns the final per-goal state (leading axis: goals)."""
   config, goals = configs.rrf, configs.rrf_goals
+  init_state, make_step = _trainer(config)
   keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), len(goals))
-  state = jax.vmap(lambda k: rrf.init_state(agent, config, ril_state.params, ril_state.normalizers, k))(keys)
+  state = jax.vmap(lambda k: init_state(agent, config, ril_state.params, ril_state.normalizers, k))(keys)
   goal_states = jnp.asarray(np.stack([tasks.goal_state(g) for g in goals]), jnp.float32)
   mesh = configs.mesh
   state, goal_states = parallel.put((state, goal_states), mesh, parallel.GOAL)
   device_demos = parallel.put(train.training_data(config.pretrain, demos, boundaries), mesh) if config.uses_demos \
       else None
-  compiled = rrf.jit_rrf_step(env, agent, config, per_goal=True, mesh=mesh)
+  compiled = parallel.jit_step(make_step(env, agent, config, mesh), per_goal=True, mesh=mesh)
   return run_phase(workdir, 'rrf', run_config, state, lambda s: compiled(s, goal_states, device_demos), iterations,
                    checkpoint_every, max_to_keep, functools.partial(rrf_scalars, goals=goals),
                    env_steps_per_call=len(goals) * config.num_envs * config.episode_steps)
 
 
 def distillation(workdir: str, run_config: dict, configs: RunConfigs, env, agent, ril_state: train.BCState,
-                 tuned: rrf.RRFState, seed: int, max_to_keep: int) -> dict[str, Any]:
+                 tuned, seed: int, max_to_keep: int) -> dict[str, Any]:
   """One multi-goal agent from the per-goal agents' rollouts, starting from the RIL parameters.
   Returns its params (normalizers: RIL's)."""
   config, goals = configs.distill, configs.rrf_goals
@@ -243,6 +259,7 @@ def load_policy(workdir: str, phase: str = 'distill') -> tuple[Any, dict[str, An
     return agent, load_state(os.path.join(workdir, 'distill', 'checkpoints'), target)['params'], \
         ril_state.normalizers, configs.eval_goals
   keys = jax.random.split(jax.random.key(0), len(configs.rrf_goals))
-  target = jax.vmap(lambda k: rrf.init_state(agent, configs.rrf, ril_state.params, ril_state.normalizers, k))(keys)
+  init_state = _trainer(configs.rrf)[0]
+  target = jax.vmap(lambda k: init_state(agent, configs.rrf, ril_state.params, ril_state.normalizers, k))(keys)
   tuned = load_state(os.path.join(workdir, 'rrf', 'checkpoints'), target)
   return agent, tuned.params, ril_state.normalizers, configs.rrf_goals

@@ -321,15 +321,8 @@ def make_rrf_step(env, agent: Agent, config: RRFConfig, mesh=None):
 
 
 def jit_rrf_step(env, agent: Agent, config: RRFConfig, per_goal: bool = False, mesh=None):
-  """The compiled iteration with the state donated. `per_goal=True` vmaps it over goals: the state
-  stacked per goal (vmap `init_state` over keys) and goals [G, 30]; the demos are shared. With a
-  `mesh`, pass the inputs on it: per goal, the state and goals split over its goal axis
-  (parallel.put(x, mesh, parallel.GOAL)), else replicated; the demos replicated. The state stays
-  where it was."""
-  step = make_rrf_step(env, agent, config, mesh)
-  if per_goal:
-    step = jax.vmap(step, in_axes=(0, 0, None), spmd_axis_name=None if mesh is None else parallel.GOAL)
-  if mesh is None:
-    return jax.jit(step, donate_argnums=0)
-  state_sharding = parallel.sharding(mesh, parallel.GOAL) if per_goal else parallel.sharding(mesh)
-  return jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, parallel.sharding(mesh)))
+  """The compiled iteration with the state donated (parallel.jit_step). `per_goal=True` vmaps it
+  over goals: the state stacked per goal (vmap `init_state` over keys) and goals [G, 30]; the demos
+  are shared. With a `mesh`, pass the inputs on it: per goal, the state and goals split over its goal
+  axis (parallel.put(x, mesh, parallel.GOAL)), else replicated; the demos replicated."""
+  return parallel.jit_step(make_rrf_step(env, agent, config, mesh), per_goal, mesh)

@@ -194,12 +194,12 @@ def test_two_processes_train_like_one_and_process_0_writes(smoke_run, tmp_path):
 
 
 def test_compare_runs_baselines_through_the_main_job(smoke_run, tmp_path):
-  """experiments/compare.py with DAPG-BC (flat BC without relabeling, then DAPG fine-tuning) and the
-  oracle-segmentation baseline (which reads the generator's element steps) at the smoke preset: the
-  run directories, their columns, and the comparison table over the seed."""
+  """experiments/compare.py with DAPG-BC (flat BC without relabeling, then DAPG fine-tuning), the
+  oracle-segmentation baseline (which reads the generator's element steps) and AW-Opt at the smoke
+  preset: the run directories, their columns, and the comparison table over the seed."""
   process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'compare.py'), f'--workdir={tmp_path}',
                             '--config.preset=smoke', f'--config.demos.path={smoke_run / "demos"}',
-                            '--config.eval.videos=0', '--methods=dapg_bc,oracle_rrf', '--seeds=3'],
+                            '--config.eval.videos=0', '--methods=dapg_bc,oracle_rrf,awopt', '--seeds=3'],
                            cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
   assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
   run = tmp_path / 'dapg_bc' / 'seed3'
@@ -213,6 +213,8 @@ def test_compare_runs_baselines_through_the_main_job(smoke_run, tmp_path):
   assert '| dapg_bc |' in (tmp_path / 'compare.md').read_text()
   oracle = json.loads((tmp_path / 'oracle_rrf' / 'seed3' / 'results.json').read_text())['results']
   assert 'oracle-segmented IL' in oracle and oracle['RRF per goal (dapg)']['episodes'] == 2
+  aw = [json.loads(line) for line in (tmp_path / 'awopt' / 'seed3' / 'metrics_rrf.jsonl').read_text().splitlines()]
+  assert [r['buffer_size'] for r in aw] == [60, 120, 120] and all(r['low/q_loss'] >= 0 for r in aw)
 
 
 def test_train_rpl_starts_from_the_ril_checkpoint(smoke_run, tmp_path):

@@ -30,6 +30,7 @@ PRESETS = {
         'rrf.goals': 'microwave-kettle-topknob-hinge,kettle-bottomknob-switch-slide', 'rrf.variant': 'iril',
         'rrf.num_envs': 2, 'rrf.episode_steps': 30, 'rrf.iterations': 3, 'rrf.value_hidden': (16,),
         'rrf.value_batch_size': 16, 'rrf.bc_batch_size': 32, 'rrf.buffer_episodes': 4,
+        'awopt.updates': 5, 'awopt.batch_size': 32, 'awopt.buffer_transitions': 120, 'awopt.q_hidden': (16,),
         'distill.episodes_per_goal': 1, 'distill.updates': 20, 'distill.batch_size': 32,
         'eval.episodes': 1, 'eval.episode_steps': 30, 'eval.videos': 1,
     },
@@ -71,7 +72,7 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   config.ril.learning_rate = 1e-3
 
   config.rrf = config_dict.ConfigDict()
-  config.rrf.variant = 'dapg'  # npg | dapg | iril
+  config.rrf.variant = 'dapg'  # npg | dapg | iril, or awopt (AW-Opt-style, a flat agent: ril.method gcbc or gcbc_final)
   config.rrf.goals = 'microwave-kettle-topknob-hinge,kettle-bottomknob-switch-slide,microwave-bottomknob-hinge-slide'
   config.rrf.num_envs = 32  # per goal
   config.rrf.episode_steps = 280
@@ -88,6 +89,19 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   config.rrf.dapg_lambda1 = 0.95
   config.rrf.bc_batch_size = 256
   config.rrf.buffer_episodes = 64
+
+  config.awopt = config_dict.ConfigDict()  # rrf.variant=awopt (rpl_jax/awopt.py); envs, steps, goals: rrf.*
+  config.awopt.updates = 100
+  config.awopt.batch_size = 256
+  config.awopt.demo_fraction = 0.5
+  config.awopt.buffer_transitions = 100_000
+  config.awopt.gamma = 0.99
+  config.awopt.beta = 1.0
+  config.awopt.max_weight = 20.0
+  config.awopt.q_hidden = (256, 256)
+  config.awopt.q_learning_rate = 3e-4
+  config.awopt.actor_learning_rate = 1e-4
+  config.awopt.polyak = 0.005
 
   config.distill = config_dict.ConfigDict()
   config.distill.episodes_per_goal = 8
