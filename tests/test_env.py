@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import batched_env
-from envs.kitchen import ACTION_DIM, KitchenConfig, KitchenEnv, model as kitchen_model, tasks
+from envs.kitchen import ACTION_DIM, KitchenConfig, model as kitchen_model, tasks
 
 B = 3
 
