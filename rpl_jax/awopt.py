@@ -68,6 +68,11 @@ class AWOptConfig:
                        f'{self.num_envs * self.episode_steps}.')
 
   @property
+  def variant(self) -> str:
+    """The main job's rrf.variant for this trainer."""
+    return 'awopt'
+
+  @property
   def levels(self) -> tuple[str, ...]:
     """The trained levels (as rrf.RRFConfig's): the flat agent's one."""
     return ('low',)
