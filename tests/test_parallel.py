@@ -37,12 +37,6 @@ def demos() -> PaddedDemos:
                      np.array([12, 10, 9, 7], np.int32))
 
 
-def meshes() -> dict[str, jax.sharding.Mesh]:
-  """One device, 4 devices on the data axis, and 2 goals x 2 data."""
-  return {'1': parallel.make_mesh(devices=jax.devices()[:1]), '4': parallel.make_mesh(),
-          '2x2': parallel.make_mesh(data=2, goal=2)}
-
-
 def close(a, b, rtol: float, atol: float) -> None:
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
