@@ -18,7 +18,6 @@ from rpl_jax.relabel import RelabelConfig
 from rpl_jax.rollout import Trajectory
 
 WINDOWS = RelabelConfig(window_low=2, window_high=4, horizon=3)
-BC = train.BCConfig(relabel=WINDOWS, policy=networks.PolicyConfig(hidden=(8,)))
 GOALS = ('microwave-kettle-topknob-hinge', 'kettle-bottomknob-switch-slide')
 
 
@@ -33,16 +32,25 @@ def env():
   return KitchenEnv(KitchenConfig(backend='cpu'))
 
 
+def synthetic_demos() -> PaddedDemos:
+  """Three short demos near the reset state, with random actions."""
+  rng = np.random.default_rng(0)
+  observations = np.asarray(tasks.INIT_QPOS, np.float32) + 0.05 * rng.normal(size=(3, 9, tasks.NQ)).astype(np.float32)
+  return PaddedDemos(observations, rng.uniform(-1, 1, size=(3, 8, 9)).astype(np.float32), np.array([8, 6, 5], np.int32))
+
+
+def pretrained(method: str = 'ril'):
+  """(agent, BCState) of `method` with random weights and normalizers fitted to synthetic_demos()."""
+  bc = train.BCConfig(method=method, relabel=WINDOWS, policy=networks.PolicyConfig(hidden=(8,)))
+  agent = train.make_agent(bc)
+  return agent, train.init_state(agent, bc, synthetic_demos(), jax.random.key(0))
+
+
 @pytest.fixture(scope='module')
 def setup():
   """A RIL agent with random weights and normalizers fitted to small synthetic demos."""
-  rng = np.random.default_rng(0)
-  observations = np.asarray(tasks.INIT_QPOS, np.float32) + 0.05 * rng.normal(size=(3, 9, tasks.NQ)).astype(np.float32)
-  demos = PaddedDemos(observations, rng.uniform(-1, 1, size=(3, 8, 9)).astype(np.float32),
-                      np.array([8, 6, 5], np.int32))
-  agent = train.make_agent(BC)
-  state = train.init_state(agent, BC, demos, jax.random.key(0))
-  return agent, state.params, state.normalizers, train.device_demos(demos)
+  agent, state = pretrained()
+  return agent, state.params, state.normalizers, train.device_demos(synthetic_demos())
 
 
 @functools.lru_cache(maxsize=None)
@@ -289,18 +297,14 @@ def test_flat_baselines_fine_tune_through_the_same_step(env, method, variant):
   """GCBC / BC + fine-tuning and DAPG-GCBC / DAPG-BC: a flat agent pre-trained by `method` runs the
   same compiled iteration, and its BC term is the gradient of the likelihood of its own
   pre-training tuples (against the exact enumeration: GCBC's windows of W_h, BC's final states)."""
-  rng = np.random.default_rng(0)
-  observations = np.asarray(tasks.INIT_QPOS, np.float32) + 0.05 * rng.normal(size=(3, 9, tasks.NQ)).astype(np.float32)
-  demos = PaddedDemos(observations, rng.uniform(-1, 1, size=(3, 8, 9)).astype(np.float32), np.array([8, 6, 5], np.int32))
-  bc = train.BCConfig(method=method, relabel=WINDOWS, policy=networks.PolicyConfig(hidden=(8,)))
-  agent = train.make_agent(bc)
-  pretrained = train.init_state(agent, bc, demos, jax.random.key(0))
+  demos = synthetic_demos()
+  agent, start = pretrained(method)
   config = rrf_config(variant=variant, pretrain=method)
-  state, history = run(env, (agent, pretrained.params, pretrained.normalizers, train.device_demos(demos)), config,
+  state, history = run(env, (agent, start.params, start.normalizers, train.device_demos(demos)), config,
                        iterations=2)
   assert set(state.params) == {'low'} and compiled(env, agent, config)._cache_size() == 1
   assert all(np.isfinite(v).all() for m in history for v in m.values())
-  assert not np.allclose(ravel(state.params['low']), ravel(pretrained.params['low']))
+  assert not np.allclose(ravel(state.params['low']), ravel(start.params['low']))
   if variant == 'npg':
     return
   if method == 'gcbc':
@@ -308,10 +312,10 @@ def test_flat_baselines_fine_tune_through_the_same_step(env, method, variant):
     tuples = (t.observations, t.goals, t.actions)
   else:  # every step, with its demo's final state as the goal
     steps = [(i, k) for i, length in enumerate(demos.lengths) for k in range(length)]
-    tuples = (np.stack([observations[i, k] for i, k in steps]),
-              np.stack([observations[i, demos.lengths[i]] for i, _ in steps]),
+    tuples = (np.stack([demos.observations[i, k] for i, k in steps]),
+              np.stack([demos.observations[i, demos.lengths[i]] for i, _ in steps]),
               np.stack([demos.actions[i, k] for i, k in steps]))
-  params, normalizer = pretrained.params['low'], pretrained.normalizers['low']
+  params, normalizer = start.params['low'], start.normalizers['low']
   exact = ravel(jax.grad(lambda p: jnp.mean(agent.low.log_prob(p, normalizer, *tuples)))(params))
   batches = rrf._bc_batches(rrf_config(variant=variant, pretrain=method, bc_batch_size=20000), 'low',
                             jax.random.key(3), [train.device_demos(demos)])
@@ -323,19 +327,15 @@ def test_flat_baselines_fine_tune_through_the_same_step(env, method, variant):
 def test_oracle_segmentation_agent_fine_tunes_with_its_segments_as_the_bc_pool(env):
   """Hierarchical IL on oracle segments then DAPG: the BC term draws from the demos with their
   element boundaries, every step once (its tuple count is the number of steps)."""
-  rng = np.random.default_rng(0)
-  observations = np.asarray(tasks.INIT_QPOS, np.float32) + 0.05 * rng.normal(size=(3, 9, tasks.NQ)).astype(np.float32)
-  demos = PaddedDemos(observations, rng.uniform(-1, 1, size=(3, 8, 9)).astype(np.float32), np.array([8, 6, 5], np.int32))
+  demos = synthetic_demos()
   boundaries = np.array([[2, 4, 6, 8], [1, 3, 3, 6], [2, 3, 4, 5]], np.int32)
-  bc = train.BCConfig(method='oracle', relabel=WINDOWS, policy=networks.PolicyConfig(hidden=(8,)))
-  agent = train.make_agent(bc)
-  pretrained = train.init_state(agent, bc, demos, jax.random.key(0))
+  agent, start = pretrained('oracle')
   data = train.training_data('oracle', demos, boundaries)
-  state, history = run(env, (agent, pretrained.params, pretrained.normalizers, data),
+  state, history = run(env, (agent, start.params, start.normalizers, data),
                        rrf_config(variant='dapg', pretrain='oracle', finetune_high=True))
   assert all(np.isfinite(v).all() for v in history[0].values())
   for level in ('low', 'high'):
-    assert not np.allclose(ravel(state.params[level]), ravel(pretrained.params[level]))
+    assert not np.allclose(ravel(state.params[level]), ravel(start.params[level]))
     batches = rrf._bc_batches(rrf_config(pretrain='oracle', finetune_high=True), level, jax.random.key(1), [data])
     assert int(batches[0][1]) == int(demos.lengths.sum())
   with pytest.raises(ValueError, match='needs the element boundaries'):
