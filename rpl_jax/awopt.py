@@ -86,7 +86,8 @@ class AWOptConfig:
     return round(self.demo_fraction * self.batch_size)
 
 
-class Transitions(struct.PyTreeNode):
+@struct.dataclass
+class Transitions:
   obs: jax.Array  # [B, 30]
   action: jax.Array  # [B, 9]
   next_obs: jax.Array  # [B, 30]
