@@ -135,7 +135,7 @@ def q_normalizer(policy: networks.PolicyNormalizer) -> networks.PolicyNormalizer
   over the action (already in [-1, 1])."""
   goal = networks.Normalizer(jnp.concatenate([policy.goal.mean, jnp.zeros(ACTION_DIM)]),
                              jnp.concatenate([policy.goal.std, jnp.ones(ACTION_DIM)]))
-  return networks.PolicyNormalizer(policy.obs, goal, policy.output)
+  return policy.replace(goal=goal)
 
 
 def _optimizers(config: AWOptConfig):

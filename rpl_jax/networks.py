@@ -57,9 +57,21 @@ def identity_normalizer(dim: int) -> Normalizer:
 
 @struct.dataclass
 class PolicyNormalizer:
+  """A network's input and output maps. With `relative_goal`, the goal enters as its offset from the
+  observation over their shared state prefix (the first min(obs, goal) dims: goal - obs there), and
+  the `goal` normalizer is fitted to those offsets."""
   obs: Normalizer  # the observation input
   goal: Normalizer  # the goal input
   output: Normalizer  # identity for actions; the state normalizer for subgoals
+  relative_goal: bool = struct.field(pytree_node=False, default=False)
+
+  def goal_input(self, obs: jax.Array, goal: jax.Array) -> jax.Array:
+    """The goal as the network sees it (before normalization)."""
+    if not self.relative_goal:
+      return goal
+    shared = min(jnp.shape(obs)[-1], jnp.shape(goal)[-1])
+    rest = jnp.zeros(jnp.shape(obs)[:-1] + (jnp.shape(goal)[-1] - shared,), jnp.result_type(obs))
+    return goal - jnp.concatenate([obs[..., :shared], rest], -1)
 
 
 # --- networks -------------------------------------------------------------------------------------
@@ -106,6 +118,7 @@ def _inputs(normalizer: PolicyNormalizer, obs: jax.Array, goal: jax.Array, obs_d
   _check_normalizer('obs', normalizer.obs, obs_dim)
   _check_normalizer('goal', normalizer.goal, goal_dim)
   batch = jnp.broadcast_shapes(jnp.shape(obs)[:-1], jnp.shape(goal)[:-1])
+  goal = normalizer.goal_input(obs, goal)
   return jnp.concatenate([jnp.broadcast_to(normalizer.obs.normalize(obs), batch + (obs_dim,)),
                           jnp.broadcast_to(normalizer.goal.normalize(goal), batch + (goal_dim,))], -1)
 

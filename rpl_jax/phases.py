@@ -59,7 +59,7 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
   windows = RelabelConfig(config.ril.window_low, config.ril.window_high, config.ril.horizon)
   bc = train.BCConfig(method=config.ril.method, relabel=windows, policy=networks.PolicyConfig(hidden=tuple(config.ril.hidden)),
                       batch_size=config.ril.batch_size, updates_per_step=config.ril.updates_per_step,
-                      learning_rate=config.ril.learning_rate)
+                      learning_rate=config.ril.learning_rate, relative_goals=config.ril.relative_goals)
   r = config.rrf
   if r.variant == 'awopt':
     a = config.awopt
@@ -161,12 +161,13 @@ def ril(workdir: str, run_config: dict, configs: RunConfigs, demos, seed: int, t
   directory's phase (its network sizes must match this config's). Returns (agent, BCState)."""
   relabel.check_windows(configs.bc.relabel, demos.lengths)
   agent = train.make_agent(configs.bc)
-  state = train.init_state(agent, configs.bc, demos, jax.random.key(seed))
+  data = train.training_data(configs.bc.method, demos, boundaries)
+  state = train.init_state(agent, configs.bc, data, jax.random.key(seed))
   if from_workdir:
     print(f'ril: the final checkpoint of {from_workdir}', flush=True)
     return agent, load_state(os.path.join(from_workdir, 'ril', 'checkpoints'), state)
   mesh = configs.mesh
-  state, device_demos = parallel.put((state, train.training_data(configs.bc.method, demos, boundaries)), mesh)
+  state, device_demos = parallel.put((state, data), mesh)
   compiled = train.jit_train_step(agent, configs.bc, mesh)
   state = run_phase(workdir, 'ril', run_config, state, lambda s: compiled(s, device_demos), train_steps,
                     checkpoint_every, max_to_keep, lambda m: {k: float(v) for k, v in m.items()})
@@ -238,7 +239,8 @@ def _ril_target(agent, bc: train.BCConfig) -> train.BCState:
   steps = bc.relabel.window_high
   placeholder = PaddedDemos(np.zeros((1, steps + 1, tasks.NQ), np.float32), np.zeros((1, steps, ACTION_DIM), np.float32),
                             np.array([steps], np.int32))
-  return train.init_state(agent, bc, placeholder, jax.random.key(0))
+  boundaries = np.full((1, 4), steps, np.int32)  # for the oracle baseline's data; others ignore them
+  return train.init_state(agent, bc, train.training_data(bc.method, placeholder, boundaries), jax.random.key(0))
 
 
 def load_policy(workdir: str, phase: str = 'distill') -> tuple[Any, dict[str, Any], dict[str, Any], tuple[str, ...]]:

@@ -41,6 +41,8 @@ class BCConfig:
   updates_per_step: int = 50  # gradient updates per call of the compiled step (K)
   learning_rate: float = 1e-3
   max_grad_norm: float = 10.0
+  # Goals enter every network as their offset from the state (networks.PolicyNormalizer.relative_goal).
+  relative_goals: bool = False
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -69,19 +71,36 @@ def make_agent(config: BCConfig) -> Agent:
   return Agent(low, high, config.relabel.horizon)
 
 
-def fit_normalizers(agent: Agent, demos: PaddedDemos) -> dict[str, networks.PolicyNormalizer]:
-  """Observation and goal normalizers from the demos' valid states (padding excluded); the high
-  level's subgoal output uses the same state normalizer, the low level's actions none."""
+# Relabeled tuples drawn (with a fixed key) to fit a relative goal normalizer.
+NORMALIZER_SAMPLES = 65536
+
+
+def fit_normalizers(agent: Agent, config: BCConfig, data) -> dict[str, networks.PolicyNormalizer]:
+  """Per level, the normalizers of its inputs and output, fitted to `data` (what the config's
+  samplers draw from: training_data). Observations: the demos' valid states (padding excluded). Goals:
+  the same states, or with `relative_goals` the offsets goal - state of NORMALIZER_SAMPLES of the
+  level's relabeled tuples. Outputs: none for actions, the state normalizer for the high level's
+  subgoals."""
+  demos = data.demos if isinstance(data, relabel.SegmentedDemos) else data
   observations, lengths = np.asarray(demos.observations), np.asarray(demos.lengths)
   valid = np.arange(observations.shape[1])[None, :] <= lengths[:, None]
-  fitted = networks.fit_normalizer(observations[valid])
+  states = networks.fit_normalizer(observations[valid])
+  draws = samplers(config.method, config.relabel, NORMALIZER_SAMPLES)
 
-  def states():  # a copy per use: the compiled step donates the state, and a buffer can be donated only once
-    return jax.tree.map(jnp.copy, fitted)
+  def goals(level):
+    if not config.relative_goals:
+      return states
+    inputs, conditioning, _ = draws[level].draw(jax.random.key(0), data)
+    return networks.fit_normalizer(np.asarray(conditioning) - np.asarray(inputs))
 
-  normalizers = {'low': networks.PolicyNormalizer(states(), states(), networks.identity_normalizer(ACTION_DIM))}
+  def normalizer(level, output):
+    # Copies: the compiled step donates the state, and a buffer can be donated only once.
+    return networks.PolicyNormalizer(*jax.tree.map(jnp.copy, (states, goals(level), output)),
+                                     relative_goal=config.relative_goals)
+
+  normalizers = {'low': normalizer('low', networks.identity_normalizer(ACTION_DIM))}
   if agent.high is not None:
-    normalizers['high'] = networks.PolicyNormalizer(states(), states(), states())
+    normalizers['high'] = normalizer('high', states)
   return normalizers
 
 
@@ -131,12 +150,13 @@ def make_optimizer(config: BCConfig) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate))
 
 
-def init_state(agent: Agent, config: BCConfig, demos: PaddedDemos, key: jax.Array) -> BCState:
-  """Fresh parameters, normalizers fitted to `demos`, and the optimizer state."""
-  relabel.check_windows(config.relabel, demos.lengths)
+def init_state(agent: Agent, config: BCConfig, data, key: jax.Array) -> BCState:
+  """Fresh parameters, normalizers fitted to `data` (training_data: what the samplers draw from), and
+  the optimizer state."""
+  relabel.check_windows(config.relabel, data.lengths)
   key, *level_keys = jax.random.split(key, 1 + len(agent.levels))
   params = {level: network.init(k) for (level, network), k in zip(agent.by_level.items(), level_keys)}
-  return BCState(params=params, normalizers=fit_normalizers(agent, demos),
+  return BCState(params=params, normalizers=fit_normalizers(agent, config, data),
                  opt_state=make_optimizer(config).init(params), key=key, updates=jnp.zeros((), jnp.int32))
 
 

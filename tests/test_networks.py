@@ -61,6 +61,23 @@ def numpy_kl(mean_p, std_p, mean_q, std_q):
 # --- normalizers ----------------------------------------------------------------------------------
 
 
+def test_relative_goal_input_is_the_offset_over_the_shared_state_prefix():
+  policy, params, normalizer, obs, goal = random_setup(3)
+  relative = normalizer.replace(relative_goal=True)
+  offset = goal.copy()
+  offset[..., :GOAL] -= obs[..., :GOAL]  # GOAL < OBS: the whole goal is a state
+  mean, _ = policy.apply(params, relative, obs, goal)
+  np.testing.assert_allclose(mean, numpy_gaussian(params, normalizer, obs, offset)[0], rtol=2e-4, atol=2e-5)
+  # A goal longer than the state (the AW-Opt critic's [goal, action]) keeps its tail as it is.
+  long_goal = np.concatenate([obs, goal], -1)
+  want = np.concatenate([np.zeros_like(obs), goal], -1)
+  np.testing.assert_allclose(relative.goal_input(jnp.asarray(obs), jnp.asarray(long_goal)), want, atol=1e-6)
+  # One goal for a batch of observations broadcasts like the absolute input.
+  np.testing.assert_allclose(relative.goal_input(jnp.asarray(obs), jnp.asarray(goal[0])), goal[0] - obs[:, :GOAL],
+                             atol=1e-6)
+
+
+
 def test_fit_normalizer_matches_numpy_and_floors_constant_dims():
   rng = np.random.default_rng(0)
   x = rng.normal(2.0, 5.0, size=(3, 40, 6))

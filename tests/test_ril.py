@@ -110,11 +110,33 @@ def test_methods_train_their_levels(method, levels):
 def test_normalizers_ignore_padding():
   demos = _demos(lengths=(5, 30))
   agent = train.make_agent(_config())
-  normalizers = train.fit_normalizers(agent, demos)
+  normalizers = train.fit_normalizers(agent, _config(), demos)
   valid = np.concatenate([demos.observations[0, :6], demos.observations[1, :31]])
   np.testing.assert_allclose(normalizers['low'].obs.mean, valid.mean(axis=0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(normalizers['high'].output.std, np.maximum(valid.std(axis=0), 1e-2), rtol=1e-4)
   np.testing.assert_array_equal(normalizers['low'].output.std, np.ones(ACTION_DIM))
+
+
+def test_relative_goal_normalizers_fit_the_relabeled_offsets():
+  """With relative goals, each level's goal normalizer is fitted to goal - state over its relabeled
+  tuples: against the exact enumeration, within the sampling error of NORMALIZER_SAMPLES draws."""
+  demos = _demos()
+  config = _config(relative_goals=True)
+  normalizers = train.fit_normalizers(train.make_agent(config), config, demos)
+  windows = config.relabel
+  exact = {'low': relabel.enumerate_low(demos, windows.window_low),
+           'high': relabel.enumerate_high(demos, windows.window_low, windows.window_high)}
+  for level, batch in exact.items():
+    offsets = np.asarray(batch.goals) - np.asarray(batch.observations)
+    tolerance = 5 * offsets.std(0) / np.sqrt(train.NORMALIZER_SAMPLES)
+    normalizer = normalizers[level]
+    assert normalizer.relative_goal
+    np.testing.assert_array_less(np.abs(normalizer.goal.mean - offsets.mean(0)), tolerance + 1e-6)
+    np.testing.assert_allclose(normalizer.goal.std, np.maximum(offsets.std(0), 1e-2), rtol=0.05)
+  # The observation normalizer is still the states' (unchanged by the goal representation).
+  absolute = train.fit_normalizers(train.make_agent(config), _config(), demos)
+  np.testing.assert_array_equal(normalizers['low'].obs.mean, absolute['low'].obs.mean)
+  assert not absolute['low'].relative_goal
 
 
 def test_bad_configs_fail_before_compiling():

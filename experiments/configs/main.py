@@ -70,6 +70,7 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   config.ril.updates_per_step = 50
   config.ril.train_steps = 100
   config.ril.learning_rate = 1e-3
+  config.ril.relative_goals = False  # goals enter the networks as offsets from the state
 
   config.rrf = config_dict.ConfigDict()
   config.rrf.variant = 'dapg'  # npg | dapg | iril, or awopt (AW-Opt-style, a flat agent: ril.method gcbc or gcbc_final)

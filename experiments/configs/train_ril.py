@@ -20,6 +20,7 @@ def get_config() -> config_dict.ConfigDict:
   config.batch_size = 256  # relabeled tuples per level per update
   config.learning_rate = 1e-3
   config.hidden = (256, 256)
+  config.relative_goals = False  # goals enter the networks as offsets from the state
   config.window_low = 30  # W_l
   config.window_high = 260  # W_h (also the GCBC window)
   config.horizon = 30  # H
