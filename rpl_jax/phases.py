@@ -54,12 +54,16 @@ def goal_list(goals: str) -> tuple[str, ...]:
   return tuple(names)
 
 
+def _relative_goals(config: config_dict.ConfigDict) -> bool:
+  return config.ril.get('relative_goals', False)  # runs saved before the key existed used absolute goals
+
+
 def build(config: config_dict.ConfigDict) -> RunConfigs:
   """The validated configs of a run; ValueError names what is wrong."""
   windows = RelabelConfig(config.ril.window_low, config.ril.window_high, config.ril.horizon)
   bc = train.BCConfig(method=config.ril.method, relabel=windows, policy=networks.PolicyConfig(hidden=tuple(config.ril.hidden)),
                       batch_size=config.ril.batch_size, updates_per_step=config.ril.updates_per_step,
-                      learning_rate=config.ril.learning_rate, relative_goals=config.ril.relative_goals)
+                      learning_rate=config.ril.learning_rate, relative_goals=_relative_goals(config))
   r = config.rrf
   if r.variant == 'awopt':
     a = config.awopt
@@ -164,8 +168,13 @@ def ril(workdir: str, run_config: dict, configs: RunConfigs, demos, seed: int, t
   data = train.training_data(configs.bc.method, demos, boundaries)
   state = train.init_state(agent, configs.bc, data, jax.random.key(seed))
   if from_workdir:
+    source = os.path.join(from_workdir, 'ril', 'checkpoints')
+    trained = _relative_goals(config_dict.ConfigDict(read_config(source)))
+    if trained != configs.bc.relative_goals:  # the same shapes, so only the configs can tell
+      raise ValueError(f'{from_workdir} trained with ril.relative_goals={trained}, this run has '
+                       f'{configs.bc.relative_goals}: set it to match.')
     print(f'ril: the final checkpoint of {from_workdir}', flush=True)
-    return agent, load_state(os.path.join(from_workdir, 'ril', 'checkpoints'), state)
+    return agent, load_state(source, state)
   mesh = configs.mesh
   state, device_demos = parallel.put((state, data), mesh)
   compiled = train.jit_train_step(agent, configs.bc, mesh)

@@ -231,6 +231,18 @@ def test_train_rpl_starts_from_the_ril_checkpoint(smoke_run, tmp_path):
   assert strip(tmp_path / 'metrics_rrf.jsonl') == strip(smoke_run / 'metrics_rrf.jsonl')
 
 
+def test_starting_from_a_ril_run_with_other_goal_inputs_fails(smoke_run, tmp_path):
+  """The normalizers of a RIL run trained on absolute goals have the same shapes as relative ones:
+  only the configs can tell, and a mismatch is refused before anything trains."""
+  process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'train_rpl.py'),
+                            f'--ril_workdir={smoke_run}', f'--workdir={tmp_path}', '--config.preset=smoke',
+                            '--config.ril.relative_goals=True'], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                           capture_output=True, text=True, timeout=900)
+  assert process.returncode != 0
+  assert 'trained with ril.relative_goals=False, this run has True' in process.stderr
+  assert not (tmp_path / 'rrf').exists()
+
+
 def test_policies_load_from_the_run_directory_alone(smoke_run):
   """Re-evaluating the loaded agents with the run's evaluation seed reproduces its report numbers."""
   results = json.loads((smoke_run / 'results.json').read_text())['results']
