@@ -65,14 +65,16 @@ class Trajectory(NamedTuple):
   nan_physics: jax.Array  # [T]: the physics diverged at this step (the env kept the last good state)
 
 
-def run_episode(env, act: Callable, carry: Any, key: jax.Array, goal: jax.Array, num_steps: int) -> Trajectory:
-  """One episode of `num_steps` steps toward `goal` ([30]) from a reset drawn from `key`, under the
-  controller `act(carry, obs, t, (key, key)) -> (carry, action [9], subgoal [30])`, whose `carry`
-  (any pytree) rides in the scan's carry."""
+def run_episode(env, act: Callable, carry: Any, key: jax.Array, goal: jax.Array, num_steps: int,
+                reset_key: jax.Array | None = None) -> Trajectory:
+  """One episode of `num_steps` steps toward `goal` ([30]) from a reset drawn from `key` (or from
+  `reset_key`, e.g. a demo's own: data.play.demo_keys), under the controller
+  `act(carry, obs, t, (key, key)) -> (carry, action [9], subgoal [30])`, whose `carry` (any pytree)
+  rides in the scan's carry."""
   if num_steps < 1:
     raise ValueError(f'need num_steps >= 1, got {num_steps}.')
-  reset_key, key = jax.random.split(key)
-  state = env.reset(reset_key, goal)
+  drawn_key, key = jax.random.split(key)
+  state = env.reset(drawn_key if reset_key is None else reset_key, goal)
 
   def step(scan_carry, t):
     state, carry, key = scan_carry

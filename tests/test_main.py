@@ -243,6 +243,21 @@ def test_starting_from_a_ril_run_with_other_goal_inputs_fails(smoke_run, tmp_pat
   assert not (tmp_path / 'rrf').exists()
 
 
+def test_low_level_probe_replays_held_out_demos_from_their_own_resets(smoke_run, tmp_path):
+  """experiments/probe_low_level.py on the smoke run's two demos: the demo's own actions, run from its
+  recorded reset key toward its recorded elements in the probe's harness, complete all four."""
+  out = tmp_path / 'probe.json'
+  process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'probe_low_level.py'),
+                            f'--demos={smoke_run / "demos"}', '--held_out=1', '--updates=100', '--window=5',
+                            '--episode_steps=700', f'--out={out}'], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                           capture_output=True, text=True, timeout=900)
+  assert process.returncode == 0, process.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result['train_demos'] == 1 and result['updates'] == 100
+  assert result['replayed_elements_per_episode'] == 4.0
+  assert 0.0 <= result['elements_per_episode'] <= 4.0 and 0.0 <= result['held_out_arm_action_error'] < float('inf')
+
+
 def test_policies_load_from_the_run_directory_alone(smoke_run):
   """Re-evaluating the loaded agents with the run's evaluation seed reproduces its report numbers."""
   results = json.loads((smoke_run / 'results.json').read_text())['results']
