@@ -101,16 +101,19 @@ def markdown(table: dict[str, dict]) -> str:
 
 
 def plot_curves(runs: dict[str, list[dict]], path: str) -> None:
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
+  colors = plt.get_cmap('tab10').colors
   for ax, metric in zip(axes, ('success', 'step_completion')):
-    for method, seeds in runs.items():
+    for i, (method, seeds) in enumerate(runs.items()):
+      # Ten colours, then the same colours dashed, then dotted: every method keeps its own line.
+      color, style = colors[i % len(colors)], ('-', '--', ':')[(i // len(colors)) % 3]
       x = np.asarray(seeds[0]['env_steps'])
       y = np.asarray([s[metric] for s in seeds], float)
-      ax.plot(x, y.mean(0), label=method)
-      ax.fill_between(x, y.mean(0) - y.std(0), y.mean(0) + y.std(0), alpha=0.2)
+      ax.plot(x, y.mean(0), label=method, color=color, linestyle=style)
+      ax.fill_between(x, y.mean(0) - y.std(0), y.mean(0) + y.std(0), color=color, alpha=0.15)
     ax.set_xlabel('environment steps (RRF)')
     ax.set_title(f'per-goal fine-tuning: {metric}', fontsize=9)
-  axes[0].legend(fontsize=7)
+  axes[1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
