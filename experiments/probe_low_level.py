@@ -81,7 +81,9 @@ def episode(env, low, num_steps: int, replay: bool, params, normalizer, seed, go
 
   def act(carry, obs, t, keys):
     subgoal = observations[jnp.minimum(t + window, length)]
-    action = actions[jnp.minimum(t, length - 1)] if replay else low.apply(params, normalizer, obs, subgoal)[0]
+    # Replayed demos hold still past their end (action 0), as rollout.open_loop_rollout does.
+    replayed = jnp.where(t < length, actions[jnp.minimum(t, length - 1)], 0.0)
+    action = replayed if replay else low.apply(params, normalizer, obs, subgoal)[0]
     return carry, action, subgoal
 
   return rollout.run_episode(env, act, (), jax.random.key(0), goal, num_steps, reset_key=demo_keys(seed)[0])
@@ -92,7 +94,8 @@ def main(argv):
   if _HELD_OUT.value < 1:
     raise app.UsageError(f'--held_out must be >= 1, got {_HELD_OUT.value}.')
   meta = read_metadata(_DEMOS.value)
-  fit, held = (PaddedDemos(*(np.asarray(x)[sl] for x in load_padded(_DEMOS.value)))
+  demos = load_padded(_DEMOS.value)
+  fit, held = (PaddedDemos(*(np.asarray(x)[sl] for x in demos))
                for sl in (slice(None, -_HELD_OUT.value), slice(-_HELD_OUT.value, None)))
   if len(fit.lengths) < 1:
     raise app.UsageError(f'--held_out={_HELD_OUT.value} leaves no demo to train on.')
