@@ -7,7 +7,8 @@ nearest-neighbour baseline.
 
 The --config flags are the main job's (experiments/configs/main.py) and apply to every run. Each run
 is the main-job directory <workdir>/<method>/seed<k> (seed k; the evaluation seed is shared, so all
-methods face the same episodes); the demos are generated once into <workdir>/demos. Rerunning the
+methods face the same episodes; a method that is another's config on this preset shares its run,
+see run_directory); the demos are generated once into <workdir>/demos. Rerunning the
 same command skips finished runs and resumes an interrupted one. Writes <workdir>/compare.md (the
 table, mean +- std over seeds), compare.json, curves.png (the paper's Fig. 6: success and step
 completion of the per-goal fine-tuned agents against environment steps, mean +- std over seeds) and,
@@ -60,6 +61,14 @@ def method_config(base, method: str, seed: int):
     config[section][name] = value
   config.seed = seed
   return config
+
+
+def run_directory(workdir: str, base, method: str, seed: int) -> str:
+  """<workdir>/<method>/seed<k>, shared by methods whose configs coincide on this base: the first such
+  method in METHODS owns it (at the quick preset, whose reward is euclidean, rpl_dapg_euclidean is rpl_dapg)."""
+  config = method_config(base, method, seed).to_dict()
+  owner = next(m for m in METHODS if method_config(base, m, seed).to_dict() == config)
+  return os.path.join(workdir, owner, f'seed{seed}')
 
 
 def run_results(workdir: str) -> dict:
@@ -158,7 +167,7 @@ def compare(argv):
   for method in methods:
     runs[method] = []
     for seed in seeds:
-      run_dir = os.path.join(workdir, method, f'seed{seed}')
+      run_dir = run_directory(workdir, base, method, seed)
       if not os.path.exists(os.path.join(run_dir, 'results.json')):
         print(f'--- {method}, seed {seed}: {run_dir}', flush=True)
         main.main([], method_config(base, method, seed), run_dir)

@@ -2,6 +2,7 @@
 report, TensorBoard files and PNGs, and SIGKILL-then-resume ending bit for bit where an uninterrupted
 run ends (every phase's logged metrics, which are functions of the parameters at each step)."""
 
+import functools
 import glob
 import importlib.util
 import json
@@ -81,9 +82,8 @@ def test_unknown_presets_keys_and_bad_combinations_fail_on_the_command_line(tmp_
     assert not glob.glob(str(tmp_path / '*' / 'checkpoints'))  # failed before any phase ran
 
 
-def test_every_compared_method_is_a_valid_config():
-  """experiments/compare.py's methods (baselines and ablations) pass the main job's validation at the
-  smoke and quick presets, and each changes the config it names."""
+@functools.cache
+def _compare_module():  # once: its absl flags are defined at import
   sys.path.insert(0, os.path.join(REPO, 'experiments'))
   try:
     spec = importlib.util.spec_from_file_location('compare', os.path.join(REPO, 'experiments', 'compare.py'))
@@ -91,12 +91,31 @@ def test_every_compared_method_is_a_valid_config():
     spec.loader.exec_module(compare)
   finally:
     sys.path.remove(os.path.join(REPO, 'experiments'))
+  return compare
+
+
+def test_every_compared_method_is_a_valid_config():
+  """experiments/compare.py's methods (baselines and ablations) pass the main job's validation at the
+  smoke and quick presets, and each changes the config it names."""
+  compare = _compare_module()
   for preset in ('smoke', 'quick'):
     for method, overrides in compare.METHODS.items():
       config = compare.method_config(main_config.get_config(preset), method, seed=5)
       configs = phases.build(config)
       assert config.seed == 5 and all(config[p.split('.')[0]][p.split('.')[1]] == v for p, v in overrides.items())
       assert (configs.bc.method, configs.rrf.variant) == (config.ril.method, config.rrf.variant), method
+
+
+def test_compared_methods_with_one_config_share_one_run():
+  """The reward ablation's default-reward arm is rpl_dapg itself: euclidean at the quick preset,
+  sparse at the paper preset; the other arms get their own runs."""
+  compare = _compare_module()
+  directory = lambda preset, method: compare.run_directory('w', main_config.get_config(preset), method, 2)
+  assert directory('quick', 'rpl_dapg_euclidean') == os.path.join('w', 'rpl_dapg', 'seed2')
+  assert directory('quick', 'rpl_dapg_sparse') == os.path.join('w', 'rpl_dapg_sparse', 'seed2')
+  assert directory('paper', 'rpl_dapg_sparse') == os.path.join('w', 'rpl_dapg', 'seed2')
+  assert directory('paper', 'rpl_dapg_euclidean') == os.path.join('w', 'rpl_dapg_euclidean', 'seed2')
+  assert directory('quick', 'rpl_dapg_wl10') == os.path.join('w', 'rpl_dapg_wl10', 'seed2')
 
 
 def test_overrides_win_over_the_preset():
