@@ -23,7 +23,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from envs.kitchen import KitchenConfig, KitchenEnv, render, tasks
+from envs.kitchen import KitchenConfig, KitchenEnv, expert, render, tasks
 from envs.kitchen.expert import Expert, ExpertConfig
 from envs.kitchen.model import CONTROL_DT
 from rpl_jax.data import play
@@ -90,7 +90,7 @@ def main(argv):
     render.check_gl(env.model)  # fail now rather than after the generation
   env_config = dataclasses.replace(env.config, backend=env.backend)
   dataset_config = {'env': dataclasses.asdict(env_config), 'play': dataclasses.asdict(config),
-                    'expert': dataclasses.asdict(expert_config)}
+                    'expert': {**dataclasses.asdict(expert_config), 'version': expert.VERSION}}
   writer = DatasetWriter(_OUT_DIR.value, config=dataset_config, backend=env.backend, seed=_CONFIG.value.seed,
                          demos_per_shard=_CONFIG.value.demos_per_shard, resume=_RESUME.value,
                          overwrite=_OVERWRITE.value)

@@ -17,8 +17,9 @@ import jax
 import pytest
 from ml_collections import config_dict
 
-from envs.kitchen import KitchenConfig, KitchenEnv
+from envs.kitchen import KitchenConfig, KitchenEnv, expert
 from rpl_jax import evaluation, phases
+from rpl_jax.data.demos import read_metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, 'experiments', 'main.py')
@@ -150,6 +151,8 @@ def test_smoke_preset_writes_the_report(smoke_run):
   rrf = [json.loads(line) for line in (smoke_run / 'metrics_rrf.jsonl').read_text().splitlines()]
   assert [r['step'] for r in rrf] == [1, 2, 3]
   assert all(0 <= r['step_completion'] <= 4 and r['low/kl'] is not None for r in rrf)
+  # The demos record the expert's version: a resumed generation cannot mix two experts' demos.
+  assert read_metadata(str(smoke_run / 'demos'))['config']['expert']['version'] == expert.VERSION
 
 
 def metrics(workdir) -> dict[str, list[dict]]:

@@ -10,8 +10,9 @@ that a pushed lever or a pulled door needs, and integral action on grasped eleme
 steady error of a loaded hand.
 
 Phases per element: approach (a joint-space move to a pre-grasp posture solved once by IK, chosen far
-from the joint limits), reach (Cartesian, to the held pose), close, manipulate, release, retreat. An
-element that is not complete after the retreat is tried again. Hand motion is damped-least-squares IK
+from the joint limits), reach (Cartesian, to the held pose), close, manipulate, release, retreat, and
+for the microwave a Cartesian clearing move out from behind its opened door. An element that is not
+complete after these is tried again. Hand motion is damped-least-squares IK
 on the end-effector site's Jacobian (forward-mode derivatives of MJX kinematics) with gravity
 compensation from the gradient of the arm's potential energy; the result is expressed in the env's own
 action space (velocity actions, [-1, 1]^9), so demos replay as actions.
@@ -33,13 +34,19 @@ from mujoco import mjx
 from envs.kitchen import model as kitchen_model
 from envs.kitchen import tasks
 
+# Version of the expert's motions, recorded in every play dataset's config: a resumed generation is
+# refused across versions, so one dataset never mixes demos of two experts. 2 (2026-11-22): the
+# microwave and hinge door are followed by a move home, the slide cabinet is approached from the front
+# right.
+VERSION = 2
+
 ARM_DOF = 7
 _STEP = 2.0 * kitchen_model.CONTROL_DT  # joint displacement per control step at action 1
 _OPEN, _CLOSED = 0.04, 0.0
 _LIMIT_MARGIN = 0.05  # rad kept from the arm's joint limits
 
 # Phases of one element.
-APPROACH, REACH, CLOSE, MANIPULATE, RELEASE, RETREAT = range(6)
+APPROACH, REACH, CLOSE, MANIPULATE, RELEASE, RETREAT, CLEAR = range(7)
 
 
 # Gripper orientations (columns: site x, y, z axes in world; the fingers open along y, the gripper
@@ -70,6 +77,10 @@ class ElementMotion:
   turn: bool = False  # the hand turns with the element (doors); else it keeps its orientation
   press: tuple[float, float, float] = (0.0, 0.0, 0.0)  # added to the grasp offset while manipulating (pushing)
   approach: float = 0.10  # pre-grasp distance back along the gripper axis (m)
+  home: bool = False  # after the retreat, a joint-space move back to the reset posture
+  # The element coordinates the expert drives toward, when not the task's goal (tasks.ELEMENT_GOALS);
+  # within tasks.THRESHOLD of it.
+  target: tuple[float, ...] | None = None
 
 
 # Grasp offsets put the closed fingers beside the top of a knob's grip bar or the switch lever's tip, and
@@ -81,11 +92,15 @@ MOTIONS = {
                                 press=(0.06, 0.0, 0.0)),
     'light switch': ElementMotion('light_site', FORWARD, speed=0.06, grasp_offset=(0.041, -0.02, 0.0), grip=False,
                                   press=(-0.06, 0.0, 0.0)),
-    'slide cabinet': ElementMotion('slide_site', FORWARD, speed=0.03),
-    'hinge cabinet': ElementMotion('hinge_site2', FORWARD, speed=0.06, press=(0.0, -0.05, 0.0), turn=True),
-    # The microwave stands turned 0.3 rad toward the robot; the hand faces its door.
+    'slide cabinet': ElementMotion('slide_site', _yawed(FORWARD, 0.8), speed=0.03, approach=0.25),
+    'hinge cabinet': ElementMotion('hinge_site2', FORWARD, speed=0.06, press=(0.0, -0.05, 0.0), turn=True,
+                                   home=True),
+    # The microwave stands turned 0.3 rad toward the robot; the hand faces its door. Opened, the door
+    # swings toward the robot and the hand ends on its front-left face: the clearing move takes it out to
+    # the right, in front of the door's free edge, where the joint-space approach to any other element
+    # starts without sweeping the door shut.
     'microwave': ElementMotion('microhandle_site', _yawed(FORWARD, 0.3), speed=0.05, grasp_offset=(0.0015, -0.005, 0.0),
-                                press=(0.01, -0.03, 0.0), turn=True),
+                                press=(0.01, -0.03, 0.0), turn=True, home=True),
     'kettle': ElementMotion('kettle_site', DOWN, speed=0.03, press=(0.0, 0.02, 0.0)),
 }
 
@@ -111,6 +126,7 @@ class ExpertConfig:
   phase_timeout: int = 60
   manipulate_timeout: int = 90
   retreat_timeout: int = 15
+  home_timeout: int = 30  # the way home is cut short here: by then the hand is clear of the door
 
   def __post_init__(self):
     low, high = self.speed_range
@@ -174,16 +190,21 @@ class Expert:
     self._grip = jnp.array([m.grip for m in motions])
     self._turn = jnp.array([m.turn for m in motions])
     self._approach = jnp.array([m.approach for m in motions], jnp.float32)
+    self._home = jnp.array([m.home for m in motions])
     masks = np.zeros((len(tasks.ELEMENTS), tasks.NQ), bool)
-    goal = np.zeros(tasks.NQ, np.float32)
-    for i, element in enumerate(tasks.ELEMENTS):
+    target = np.zeros(tasks.NQ, np.float32)
+    for i, (element, motion) in enumerate(zip(tasks.ELEMENTS, motions)):
       masks[i, list(tasks.ELEMENT_INDICES[element])] = True
-      goal[list(tasks.ELEMENT_INDICES[element])] = tasks.ELEMENT_GOALS[element]
-    self._masks, self._goal = jnp.asarray(masks), jnp.asarray(goal)
+      target[list(tasks.ELEMENT_INDICES[element])] = tasks.ELEMENT_GOALS[element] if motion.target is None else motion.target
+    self._masks, self._target = jnp.asarray(masks), jnp.asarray(target)
+    off_goal = np.asarray(tasks.element_distances(target))
+    if not (off_goal < tasks.THRESHOLD).all():
+      raise ValueError(f'expert targets must be within {tasks.THRESHOLD} of the goals; distances {off_goal}.')
     self._kettle = tasks.ELEMENTS.index('kettle')
     self._kettle_idx = np.array(tasks.ELEMENT_INDICES['kettle'])
     self._kp = jnp.asarray(model.actuator_gainprm[:ARM_DOF, 0], jnp.float32)
     self._weight = jnp.asarray(-model.body_mass[:, None] * model.opt.gravity[None], jnp.float32)  # [nbody, 3]
+    self._home_posture = jnp.asarray(tasks.INIT_QPOS[:ARM_DOF], jnp.float32)
     limits = model.jnt_range[:ARM_DOF]
     self._low = jnp.asarray(limits[:, 0] + _LIMIT_MARGIN, jnp.float32)
     self._high = jnp.asarray(limits[:, 1] - _LIMIT_MARGIN, jnp.float32)
@@ -286,12 +307,12 @@ class Expert:
   def _desired(self, element: jax.Array, qpos: jax.Array, speed: jax.Array) -> jax.Array:
     """The element's coordinates one manipulation step from the current ones toward the goal."""
     mask = self._masks[element]
-    hinged = jnp.where(mask, qpos + jnp.clip(self._goal - qpos, -speed, speed), qpos)
+    hinged = jnp.where(mask, qpos + jnp.clip(self._target - qpos, -speed, speed), qpos)
     # The kettle slides across the stove top to the goal burner (both burners are at the same height),
     # held upright by its handle: a lift would hang it on finger friction alone, and MuJoCo's soft
     # contacts let it creep down the pads.
-    pos, goal = qpos[self._kettle_idx[:3]], self._goal[self._kettle_idx[:3]]
-    quat = self._goal[self._kettle_idx[3:]]
+    pos, goal = qpos[self._kettle_idx[:3]], self._target[self._kettle_idx[:3]]
+    quat = self._target[self._kettle_idx[3:]]
     kettle = qpos.at[self._kettle_idx].set(jnp.concatenate([pos + _cap(goal - pos, speed), quat / jnp.linalg.norm(quat)]))
     return jnp.where(element == self._kettle, kettle, hinged)
 
@@ -311,15 +332,15 @@ class Expert:
     desired = self._kinematics(self._desired(element, qpos, self._speed[element] * state.speed))
     desired_mat = desired.site_xmat[site]
     # The press eases off near the goal, so that a pushed knob does not overshoot it.
-    distance = tasks.element_distances(qpos)[element]
+    distance = tasks.element_distances(qpos, self._target)[element]
     press = self._press[element] * jnp.clip(distance / 0.3, 0.2, 1.0)
     manipulate_pos = desired.site_xpos[site] + desired_mat @ (state.grasp + press)
     manipulate_mat = jnp.where(turn, desired_mat @ self._hold_rot[element], self._orientation[element])
     retreat = hold_pos - self._approach[element] * hold_mat[:, 2]
 
     phase = state.phase
-    target_pos = jnp.select(
-        [phase == REACH, phase == MANIPULATE, phase == RETREAT], [hold_pos, manipulate_pos, retreat], ee_pos)
+    target_pos = jnp.select([phase == REACH, phase == MANIPULATE, phase == RETREAT],
+                            [hold_pos, manipulate_pos, retreat], ee_pos)
     target_mat = jnp.where(phase == MANIPULATE, manipulate_mat, hold_mat)
     holding = (phase == CLOSE) | (phase == MANIPULATE) | ~self._grip[element]
     position_error = jnp.linalg.norm(target_pos - ee_pos)
@@ -330,20 +351,24 @@ class Expert:
     reached = (position_error < c.position_tolerance) & (jnp.linalg.norm(orientation_error) < 0.15)
     posture = jnp.clip(self._pre_grasp[element] + state.offset, self._low, self._high)
     at_posture = jnp.abs(posture - qpos[:ARM_DOF]).max() < 0.1
+    at_home = jnp.abs(self._home_posture - qpos[:ARM_DOF]).max() < 0.1
     timed_out = state.timer >= c.phase_timeout
+    complete = tasks.element_completion(qpos)[element]
     next_phase = jnp.select(
-        [phase == APPROACH, phase == REACH, phase == CLOSE, phase == MANIPULATE, phase == RELEASE, phase == RETREAT],
+        [phase == APPROACH, phase == REACH, phase == CLOSE, phase == MANIPULATE, phase == RELEASE, phase == RETREAT,
+         phase == CLEAR],
         [jnp.where(at_posture | timed_out, REACH, APPROACH),
          jnp.where(reached, CLOSE, jnp.where(timed_out, RETREAT, REACH)),
          jnp.where(state.timer >= c.close_steps, MANIPULATE, CLOSE),
          jnp.where((distance < 0.1) | lost | (state.timer >= c.manipulate_timeout) | (state.timer == state.retry_at),
                    RELEASE, MANIPULATE),
          jnp.where(state.timer >= c.release_steps, RETREAT, RELEASE),
-         jnp.where(reached | (state.timer >= c.retreat_timeout), APPROACH, RETREAT)], phase).astype(jnp.int32)
+         jnp.where(reached | (state.timer >= c.retreat_timeout), jnp.where(self._home[element] & complete, CLEAR, APPROACH), RETREAT),
+         jnp.where(at_home | (state.timer >= c.home_timeout), APPROACH, CLEAR)], phase).astype(jnp.int32)
     paused = state.pause > 0
     next_phase = jnp.where(paused | state.done, phase, next_phase)
     changed = next_phase != phase
-    finished = changed & (phase == RETREAT) & (distance < tasks.THRESHOLD)
+    finished = changed & (next_phase == APPROACH) & (phase >= RETREAT) & complete
     new = state.replace(
         phase=next_phase,
         timer=jnp.where(changed, 0, state.timer + jnp.where(paused, 0, 1)),
@@ -361,10 +386,12 @@ class Expert:
     error = (c.gain * error + c.integral_gain * jnp.concatenate([state.integral, jnp.zeros(3)])) * jnp.where(
         paused | state.done, 0.0, 1.0)
     dq = self._ik(jacobian, error, qpos[:ARM_DOF], self._pre_grasp[element])
-    # The approach is a joint-space move to the posture solved once for each element.
-    to_posture = (posture - qpos[:ARM_DOF]) * jnp.where(paused | state.done, 0.0, 1.0)
+    # The approach is a joint-space move to the posture solved once for each element; clearing, one to
+    # the reset posture.
+    to_posture = (jnp.where(phase == CLEAR, self._home_posture, posture) - qpos[:ARM_DOF]) * jnp.where(
+        paused | state.done, 0.0, 1.0)
     to_posture = _cap_abs(to_posture, c.max_joint_step * jnp.minimum(state.speed, 1.0))
-    dq = jnp.where(phase == APPROACH, to_posture, dq)
+    dq = jnp.where((phase == APPROACH) | (phase == CLEAR), to_posture, dq)
     arm = (dq + gravity / self._kp) / _STEP
     finger_target = jnp.where(holding, _CLOSED, _OPEN)
     fingers = (finger_target - qpos[ARM_DOF:tasks.ROBOT_DOF]) / _STEP
