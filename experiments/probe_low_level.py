@@ -34,7 +34,7 @@ _HELD_OUT = flags.DEFINE_integer('held_out', 24, 'The last demos, kept out of tr
 _WINDOW = flags.DEFINE_integer('window', 30, "W: the low level's relabeling window and the subgoal offset.")
 _UPDATES = flags.DEFINE_integer('updates', 15000, 'Gradient updates, in calls of 100.')
 _RELATIVE = flags.DEFINE_boolean('relative_goals', False, 'Goals as offsets from the state.')
-_STEPS = flags.DEFINE_integer('episode_steps', 700, 'Closed-loop steps per held-out demo.')
+_STEPS = flags.DEFINE_integer('episode_steps', 800, 'Closed-loop steps per held-out demo.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Training seed.')
 _OUT = flags.DEFINE_string('out', None, 'JSON output path.')
 

@@ -11,8 +11,9 @@ steady error of a loaded hand.
 
 Phases per element: approach (a joint-space move to a pre-grasp posture solved once by IK, chosen far
 from the joint limits), reach (Cartesian, to the held pose), close, manipulate, release, retreat, and
-for the microwave a Cartesian clearing move out from behind its opened door. An element that is not
-complete after these is tried again. Hand motion is damped-least-squares IK
+after a completed door that opens toward the robot (microwave, hinge cabinet) a joint-space move home,
+toward the reset posture, so that the next approach does not sweep the opened door. An element that
+is not complete after the retreat is tried again. Hand motion is damped-least-squares IK
 on the end-effector site's Jacobian (forward-mode derivatives of MJX kinematics) with gravity
 compensation from the gradient of the arm's potential energy; the result is expressed in the env's own
 action space (velocity actions, [-1, 1]^9), so demos replay as actions.
@@ -46,7 +47,7 @@ _OPEN, _CLOSED = 0.04, 0.0
 _LIMIT_MARGIN = 0.05  # rad kept from the arm's joint limits
 
 # Phases of one element.
-APPROACH, REACH, CLOSE, MANIPULATE, RELEASE, RETREAT, CLEAR = range(7)
+APPROACH, REACH, CLOSE, MANIPULATE, RELEASE, RETREAT, HOME = range(7)
 
 
 # Gripper orientations (columns: site x, y, z axes in world; the fingers open along y, the gripper
@@ -77,10 +78,7 @@ class ElementMotion:
   turn: bool = False  # the hand turns with the element (doors); else it keeps its orientation
   press: tuple[float, float, float] = (0.0, 0.0, 0.0)  # added to the grasp offset while manipulating (pushing)
   approach: float = 0.10  # pre-grasp distance back along the gripper axis (m)
-  home: bool = False  # after the retreat, a joint-space move back to the reset posture
-  # The element coordinates the expert drives toward, when not the task's goal (tasks.ELEMENT_GOALS);
-  # within tasks.THRESHOLD of it.
-  target: tuple[float, ...] | None = None
+  home: bool = False  # once complete, a joint-space move toward the reset posture after the retreat
 
 
 # Grasp offsets put the closed fingers beside the top of a knob's grip bar or the switch lever's tip, and
@@ -92,13 +90,14 @@ MOTIONS = {
                                 press=(0.06, 0.0, 0.0)),
     'light switch': ElementMotion('light_site', FORWARD, speed=0.06, grasp_offset=(0.041, -0.02, 0.0), grip=False,
                                   press=(-0.06, 0.0, 0.0)),
+    # Approached from the front right (gripper yawed 0.8 rad, pre-grasp 25 cm out): an opened hinge door's
+    # handle stands 21 cm in front of the slide's, 2.5 cm to its left, and blocks a straight approach.
     'slide cabinet': ElementMotion('slide_site', _yawed(FORWARD, 0.8), speed=0.03, approach=0.25),
     'hinge cabinet': ElementMotion('hinge_site2', FORWARD, speed=0.06, press=(0.0, -0.05, 0.0), turn=True,
                                    home=True),
     # The microwave stands turned 0.3 rad toward the robot; the hand faces its door. Opened, the door
-    # swings toward the robot and the hand ends on its front-left face: the clearing move takes it out to
-    # the right, in front of the door's free edge, where the joint-space approach to any other element
-    # starts without sweeping the door shut.
+    # swings toward the robot with the hand on its front-left face, and a joint-space approach from there
+    # to any other element swept it shut; the move home goes back and up, clear of it.
     'microwave': ElementMotion('microhandle_site', _yawed(FORWARD, 0.3), speed=0.05, grasp_offset=(0.0015, -0.005, 0.0),
                                 press=(0.01, -0.03, 0.0), turn=True, home=True),
     'kettle': ElementMotion('kettle_site', DOWN, speed=0.03, press=(0.0, 0.02, 0.0)),
@@ -126,7 +125,7 @@ class ExpertConfig:
   phase_timeout: int = 60
   manipulate_timeout: int = 90
   retreat_timeout: int = 15
-  home_timeout: int = 30  # the way home is cut short here: by then the hand is clear of the door
+  home_timeout: int = 30  # the move home is cut short here: by then the hand is clear of the door
 
   def __post_init__(self):
     low, high = self.speed_range
@@ -192,14 +191,11 @@ class Expert:
     self._approach = jnp.array([m.approach for m in motions], jnp.float32)
     self._home = jnp.array([m.home for m in motions])
     masks = np.zeros((len(tasks.ELEMENTS), tasks.NQ), bool)
-    target = np.zeros(tasks.NQ, np.float32)
-    for i, (element, motion) in enumerate(zip(tasks.ELEMENTS, motions)):
+    goal = np.zeros(tasks.NQ, np.float32)
+    for i, element in enumerate(tasks.ELEMENTS):
       masks[i, list(tasks.ELEMENT_INDICES[element])] = True
-      target[list(tasks.ELEMENT_INDICES[element])] = tasks.ELEMENT_GOALS[element] if motion.target is None else motion.target
-    self._masks, self._target = jnp.asarray(masks), jnp.asarray(target)
-    off_goal = np.asarray(tasks.element_distances(target))
-    if not (off_goal < tasks.THRESHOLD).all():
-      raise ValueError(f'expert targets must be within {tasks.THRESHOLD} of the goals; distances {off_goal}.')
+      goal[list(tasks.ELEMENT_INDICES[element])] = tasks.ELEMENT_GOALS[element]
+    self._masks, self._goal = jnp.asarray(masks), jnp.asarray(goal)
     self._kettle = tasks.ELEMENTS.index('kettle')
     self._kettle_idx = np.array(tasks.ELEMENT_INDICES['kettle'])
     self._kp = jnp.asarray(model.actuator_gainprm[:ARM_DOF, 0], jnp.float32)
@@ -307,12 +303,12 @@ class Expert:
   def _desired(self, element: jax.Array, qpos: jax.Array, speed: jax.Array) -> jax.Array:
     """The element's coordinates one manipulation step from the current ones toward the goal."""
     mask = self._masks[element]
-    hinged = jnp.where(mask, qpos + jnp.clip(self._target - qpos, -speed, speed), qpos)
+    hinged = jnp.where(mask, qpos + jnp.clip(self._goal - qpos, -speed, speed), qpos)
     # The kettle slides across the stove top to the goal burner (both burners are at the same height),
     # held upright by its handle: a lift would hang it on finger friction alone, and MuJoCo's soft
     # contacts let it creep down the pads.
-    pos, goal = qpos[self._kettle_idx[:3]], self._target[self._kettle_idx[:3]]
-    quat = self._target[self._kettle_idx[3:]]
+    pos, goal = qpos[self._kettle_idx[:3]], self._goal[self._kettle_idx[:3]]
+    quat = self._goal[self._kettle_idx[3:]]
     kettle = qpos.at[self._kettle_idx].set(jnp.concatenate([pos + _cap(goal - pos, speed), quat / jnp.linalg.norm(quat)]))
     return jnp.where(element == self._kettle, kettle, hinged)
 
@@ -332,7 +328,7 @@ class Expert:
     desired = self._kinematics(self._desired(element, qpos, self._speed[element] * state.speed))
     desired_mat = desired.site_xmat[site]
     # The press eases off near the goal, so that a pushed knob does not overshoot it.
-    distance = tasks.element_distances(qpos, self._target)[element]
+    distance = tasks.element_distances(qpos)[element]
     press = self._press[element] * jnp.clip(distance / 0.3, 0.2, 1.0)
     manipulate_pos = desired.site_xpos[site] + desired_mat @ (state.grasp + press)
     manipulate_mat = jnp.where(turn, desired_mat @ self._hold_rot[element], self._orientation[element])
@@ -353,18 +349,19 @@ class Expert:
     at_posture = jnp.abs(posture - qpos[:ARM_DOF]).max() < 0.1
     at_home = jnp.abs(self._home_posture - qpos[:ARM_DOF]).max() < 0.1
     timed_out = state.timer >= c.phase_timeout
-    complete = tasks.element_completion(qpos)[element]
+    complete = distance < tasks.THRESHOLD
     next_phase = jnp.select(
         [phase == APPROACH, phase == REACH, phase == CLOSE, phase == MANIPULATE, phase == RELEASE, phase == RETREAT,
-         phase == CLEAR],
+         phase == HOME],
         [jnp.where(at_posture | timed_out, REACH, APPROACH),
          jnp.where(reached, CLOSE, jnp.where(timed_out, RETREAT, REACH)),
          jnp.where(state.timer >= c.close_steps, MANIPULATE, CLOSE),
          jnp.where((distance < 0.1) | lost | (state.timer >= c.manipulate_timeout) | (state.timer == state.retry_at),
                    RELEASE, MANIPULATE),
          jnp.where(state.timer >= c.release_steps, RETREAT, RELEASE),
-         jnp.where(reached | (state.timer >= c.retreat_timeout), jnp.where(self._home[element] & complete, CLEAR, APPROACH), RETREAT),
-         jnp.where(at_home | (state.timer >= c.home_timeout), APPROACH, CLEAR)], phase).astype(jnp.int32)
+         jnp.where(reached | (state.timer >= c.retreat_timeout),
+                   jnp.where(self._home[element] & complete, HOME, APPROACH), RETREAT),
+         jnp.where(at_home | (state.timer >= c.home_timeout), APPROACH, HOME)], phase).astype(jnp.int32)
     paused = state.pause > 0
     next_phase = jnp.where(paused | state.done, phase, next_phase)
     changed = next_phase != phase
@@ -386,12 +383,12 @@ class Expert:
     error = (c.gain * error + c.integral_gain * jnp.concatenate([state.integral, jnp.zeros(3)])) * jnp.where(
         paused | state.done, 0.0, 1.0)
     dq = self._ik(jacobian, error, qpos[:ARM_DOF], self._pre_grasp[element])
-    # The approach is a joint-space move to the posture solved once for each element; clearing, one to
-    # the reset posture.
-    to_posture = (jnp.where(phase == CLEAR, self._home_posture, posture) - qpos[:ARM_DOF]) * jnp.where(
+    # The approach is a joint-space move to the posture solved once for each element; the move home, one
+    # to the reset posture.
+    to_posture = (jnp.where(phase == HOME, self._home_posture, posture) - qpos[:ARM_DOF]) * jnp.where(
         paused | state.done, 0.0, 1.0)
     to_posture = _cap_abs(to_posture, c.max_joint_step * jnp.minimum(state.speed, 1.0))
-    dq = jnp.where((phase == APPROACH) | (phase == CLEAR), to_posture, dq)
+    dq = jnp.where((phase == APPROACH) | (phase == HOME), to_posture, dq)
     arm = (dq + gravity / self._kp) / _STEP
     finger_target = jnp.where(holding, _CLOSED, _OPEN)
     fingers = (finger_target - qpos[ARM_DOF:tasks.ROBOT_DOF]) / _STEP

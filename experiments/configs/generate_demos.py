@@ -17,7 +17,7 @@ def get_config() -> config_dict.ConfigDict:
   config.backend = 'auto'
   config.orderings = ','.join(tasks.ALL_ORDERINGS)  # comma-separated element orderings to draw plans from
   config.batch_size = 64  # parallel envs per rollout batch (a resumed run needs the same)
-  config.max_steps = 700  # control steps allowed to complete the four elements
+  config.max_steps = 800  # control steps allowed to complete the four elements
   config.extra_steps = 5  # steps kept after the fourth element completes
   config.reset_noise_scale = 0.005  # uniform noise on the reset qpos
   # Std of Gaussian noise on the executed (and stored) expert actions; the expert corrects it.

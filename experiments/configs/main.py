@@ -22,7 +22,7 @@ PRESETS = {
         'ril.train_steps': 2000,
         'rrf.goals': 'all', 'rrf.num_envs': 256, 'rrf.iterations': 100,
         'distill.episodes_per_goal': 64, 'distill.updates': 20000,
-        'eval.episodes': 50, 'eval.episode_steps': 700,
+        'eval.episodes': 50, 'eval.episode_steps': 800,
     },
     'smoke': {
         'demos.num_demos': 2, 'demos.batch_size': 8, 'demos.videos': 0,

@@ -26,8 +26,8 @@ def get_config() -> config_dict.ConfigDict:
   config.horizon = 30  # H
   config.goals = ','.join(tasks.COMPOUND_GOALS)
   config.eval_episodes = 10
-  # The paper used 280 steps for human demos; our scripted play takes 400-700 steps for four elements.
-  config.episode_steps = 700
+  # The paper used 280 steps for human demos; our scripted play takes 400-800 steps for four elements.
+  config.episode_steps = 800
   config.stochastic = False  # evaluate sampled actions instead of the policy mean
   config.backend = 'auto'
   config.videos = 0  # RIL episodes to render as GIFs (first seed, first goals)

@@ -43,7 +43,7 @@ REASON_HELP = {
 @dataclasses.dataclass(frozen=True)
 class PlayConfig:
   orderings: tuple[str, ...] = tasks.ALL_ORDERINGS  # plans are drawn uniformly from these
-  max_steps: int = 700  # control steps to complete all four elements (the expert takes ~400-650)
+  max_steps: int = 800  # control steps to complete all four elements (the expert takes ~400-800)
   extra_steps: int = 5  # kept after the step that completes the fourth element
   batch_size: int = 64  # candidates rolled out together
   # Std of Gaussian noise added to the expert's actions before they are executed (and stored): the
