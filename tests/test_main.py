@@ -188,7 +188,7 @@ def test_sigkill_and_resume_ends_bit_for_bit_where_an_uninterrupted_run_does(smo
       json.loads((tmp_path / 'whole' / 'results.json').read_text())['results']
 
 
-NPG_STEP_METRICS = ('cg_residual', 'kl', 'step_size', 'surrogate_after')
+NPG_STEP_METRICS = ('kl', 'step_size', 'surrogate_after')
 
 
 def test_two_processes_train_like_one_and_process_0_writes(smoke_run, tmp_path):
@@ -216,7 +216,7 @@ def test_two_processes_train_like_one_and_process_0_writes(smoke_run, tmp_path):
         # CG on the smoke run's ill-conditioned Fisher (10 iterations leave a relative residual of 0.3)
         # amplifies summation-order differences into the NPG step: 9 % in the residual and up to 3.5 % in
         # the KL, step size and surrogate after the step were seen; every other metric within 1e-3.
-        rel = 5e-2 if name.split('/')[-1] in NPG_STEP_METRICS else 1e-3
+        rel = {'cg_residual': 0.15, **dict.fromkeys(NPG_STEP_METRICS, 5e-2)}.get(name.split('/')[-1], 1e-3)
         assert a[name] == pytest.approx(value, rel=rel, abs=1e-5, nan_ok=True), (phase, a['step'], name)
 
 
