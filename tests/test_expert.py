@@ -13,6 +13,7 @@ import pytest
 
 from envs.kitchen import KitchenConfig, KitchenEnv, tasks
 from envs.kitchen.expert import Expert, ExpertConfig, element_trials
+from rpl_jax.data import play
 
 TRIALS, STEPS = 3, 260
 
@@ -65,24 +66,11 @@ def test_bad_expert_config_is_refused(bad):
 def test_an_opened_door_stays_open_through_the_next_element(expert_batch):
   """Expert v2: after the microwave, the next approach used to sweep its door shut, and the opened hinge
   door's handle blocked the way to the slide; expert v1 failed all six of these rollouts."""
-  expert = expert_batch[0]
   env = KitchenEnv(KitchenConfig(backend='cpu'))
   pairs = [('microwave', 'top burner'), ('hinge cabinet', 'slide cabinet')]
-  plans = jnp.asarray([[tasks.ELEMENTS.index(e) for e in pair] for pair in pairs for _ in range(3)], jnp.int32)
-  goals = jnp.asarray(np.stack([tasks.goal_state(pair) for pair in pairs for _ in range(3)]), jnp.float32)
-
-  def rollout(key, plan, goal):
-    env_key, expert_key = jax.random.split(key)
-
-    def step(carry, _):
-      state, expert_state = carry
-      action, expert_state = expert.act(expert_state, state.data.qpos)
-      return (env.step(state, action), expert_state), None
-
-    carry = (env.reset(env_key, goal), expert.init(expert_key, plan))
-    state = jax.lax.scan(step, carry, None, length=420)[0][0]
-    return tasks.element_completion(state.data.qpos)[plan].all()
-
-  keys = jax.random.split(jax.random.key(11), len(plans))
-  both = np.asarray(jax.jit(jax.vmap(rollout))(keys, plans, goals)).reshape(len(pairs), 3)
+  plans = np.array([[tasks.ELEMENTS.index(e) for e in pair] for pair in pairs for _ in range(3)], np.int32)
+  goals = play.goal_states(plans)
+  rollout = jax.jit(functools.partial(play.rollout, env, expert_batch[0], num_steps=420))
+  completion = np.asarray(rollout(np.arange(len(plans), dtype=np.int32), plans, goals).completion)
+  both = completion[:, -1].all(axis=-1).reshape(len(pairs), 3)
   assert (both.sum(axis=1) >= 2).all(), dict(zip(pairs, both.tolist()))
