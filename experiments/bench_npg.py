@@ -13,7 +13,9 @@ and one row per `--fisher_subsamples` value. For each size it measures, side by 
     in this run (a jitted float32 `--matmul_size`^2 matmul, best of `--matmul_repeats`, at the start
     and at the end; the faster). XLA's cost analysis counts a while loop's body once, so executed
     FLOPs = cost(update) + (CG iterations - 1) x cost(one product) + (line-search candidates - 2) x
-    cost(one candidate), a marginal cost being the cost of two calls minus one;
+    cost(one candidate), a marginal cost being the cost of two calls minus one, all counted with the
+    Fisher products in one block of samples (NPGConfig.fisher_block_size = all: the same matmuls as
+    the timed update's blocks, whose loop XLA would count once);
   - accuracy: the same update in float64 (jax x64): relative error of the float32 step; and the
     float32 jax step size and KL against torch's.
 `--include_compile` adds the compile time to the jitted update's time in the speedups and the
@@ -22,6 +24,7 @@ roofline ratio. Prints a table and writes JSON.
   PYTHONPATH=. python experiments/bench_npg.py --out=experiments/bench_npg_cpu.json
 """
 
+import dataclasses
 import json
 import os
 import platform
@@ -119,12 +122,15 @@ def marginal_cost(call, *args) -> dict:
 
 
 def executed_flops(params, normalizer, batch, config: npg.NPGConfig, info: npg.NPGInfo) -> dict:
-  """FLOPs of the update as run: XLA's count (loop bodies once) corrected by the loops' trip counts."""
+  """FLOPs of the update as run: XLA's count (loop bodies once) corrected by the loops' trip counts,
+  with the Fisher products in one block so that no loop hides inside them."""
+  config = dataclasses.replace(config, fisher_block_size=batch.obs.shape[0])
   flat, unravel = ravel_pytree(params)
   obs, goal = npg.fisher_samples(batch, config.fisher_subsample)
 
   def product(i, params, normalizer, obs, goal):
-    return npg.fisher_vector_product(POLICY, params, normalizer, obs, goal, config.damping)(flat * (i + 1.0))
+    return npg.fisher_vector_product(POLICY, params, normalizer, obs, goal, config.damping,
+                                     config.fisher_block_size)(flat * (i + 1.0))
 
   def candidate(i, params, normalizer, batch):
     new = unravel(flat * (1.01 + 0.01 * i))

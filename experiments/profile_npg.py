@@ -67,7 +67,8 @@ def main(argv):
         jax.block_until_ready(compiled(params, normalizer, batch))
 
   linearise = lambda params, normalizer, batch: npg.fisher_vector_product(
-      policy, params, normalizer, *npg.fisher_samples(batch, config.fisher_subsample), config.damping)
+      policy, params, normalizer, *npg.fisher_samples(batch, config.fisher_subsample), config.damping,
+      config.fisher_block_size)
   solve = lambda fvp, g: npg.conjugate_gradient(fvp, g, config.cg_iterations, config.cg_tolerance)
   fvp = jax.jit(linearise)(params, normalizer, batch)
   _, g = jax.jit(lambda params, normalizer, batch: npg.policy_gradient(policy, params, normalizer, batch))(

@@ -92,6 +92,48 @@ class MLP(nn.Module):
     return nn.Dense(self.output_dim, kernel_init=kernel_init)(x)
 
 
+# MLP layer by layer on its flax params, for the Fisher's products (rpl_jax.npg): the same operations as
+# MLP.__call__; tests/test_npg.py checks the products against autodiff of GaussianPolicy.apply.
+
+
+def _mlp_layer_names(mlp: Params) -> list[str]:
+  """MLP's Dense layers (flax names), input first."""
+  return [f'Dense_{i}' for i in range(len(mlp))]
+
+
+def mlp_activations(mlp: Params, x: jax.Array) -> list[jax.Array]:
+  """[x, h_1, ..., h_L]: the MLP's input x [..., in] and its tanh layers' outputs, by the same
+  operations as MLP (flax's Dense), so that XLA computes them once for both."""
+  activations = [x]
+  for name in _mlp_layer_names(mlp)[:-1]:
+    activations.append(jnp.tanh(activations[-1] @ mlp[name]['kernel'] + mlp[name]['bias']))
+  return activations
+
+
+def mlp_gauss_newton(mlp: Params, tangent: Params, activations: list[jax.Array], weight: jax.Array) -> Params:
+  """J^T diag(weight) J tangent summed over a block of samples, J the Jacobian of MLP's output
+  in its params, from the block's activations [x, h_1, ..., h_L], each feature-major [width, samples].
+  The JVP: layer l's pre-activation z_l = W_l^T h_{l-1} + b_l has the tangent
+  dz_l = dW_l^T h_{l-1} + db_l + W_l^T dh_{l-1} (dh_0 = 0: x is data), and dh_l = (1 - h_l^2) dz_l
+  (tanh' = 1 - tanh^2). Its transpose, from the output's cotangent c = weight * dz_out: layer l gets
+  h_{l-1} c_l^T on W_l and sum(c_l) on b_l, and c_{l-1} = (1 - h_{l-1}^2) W_l c_l."""
+  names = _mlp_layer_names(mlp)
+  dh = None  # the previous layer's output tangent
+  for l, name in enumerate(names):
+    dz = tangent[name]['kernel'].T @ activations[l] + tangent[name]['bias'][:, None]
+    if l:
+      dz = dz + mlp[name]['kernel'].T @ dh
+    if l < len(names) - 1:
+      dh = (1 - activations[l + 1]**2) * dz
+  c = weight[:, None] * dz
+  product = {}
+  for l in reversed(range(len(names))):
+    product[names[l]] = {'kernel': activations[l] @ c.T, 'bias': jnp.sum(c, -1)}
+    if l:
+      c = (1 - activations[l]**2) * (mlp[names[l]]['kernel'] @ c)
+  return product
+
+
 def _check_sizes(what: str, sizes: Sequence[int]) -> None:
   if any(not isinstance(s, (int, np.integer)) or s < 1 for s in sizes):
     raise ValueError(f'{what} must be positive ints, got {tuple(sizes)}.')
@@ -157,11 +199,15 @@ class GaussianPolicy:
     mlp = self._mlp.init(key, jnp.zeros(self.obs_dim + self.goal_dim))['params']
     return {'mlp': mlp, 'log_std': jnp.full(self.output_dim, self.config.init_log_std, jnp.float32)}
 
+  def inputs(self, normalizer: PolicyNormalizer, obs: jax.Array, goal: jax.Array) -> jax.Array:
+    """The MLP's input: concat(normalized obs, normalized goal) [..., obs_dim + goal_dim]."""
+    return _inputs(normalizer, obs, goal, self.obs_dim, self.goal_dim)
+
   def apply(self, params: Params, normalizer: PolicyNormalizer, obs: jax.Array,
             goal: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(mean, log_std), both [..., output_dim], for obs [..., obs_dim] and goal [..., goal_dim]."""
     _check_normalizer('output', normalizer.output, self.output_dim)
-    mu = self._mlp.apply({'params': params['mlp']}, _inputs(normalizer, obs, goal, self.obs_dim, self.goal_dim))
+    mu = self._mlp.apply({'params': params['mlp']}, self.inputs(normalizer, obs, goal))
     out = normalizer.output
     log_std = jnp.maximum(params['log_std'], self.config.min_log_std) + jnp.log(out.std)
     return out.denormalize(mu), jnp.broadcast_to(log_std, mu.shape)

@@ -1,7 +1,7 @@
 """NPG: GAE against a float64 loop, the Fisher-vector product (Gauss-Newton form) against the dense
-KL Hessian and the closed-form Gaussian Fisher, its single linearisation and its Fisher subsample,
-CG against numpy's solve, float32 CG against float64, CG on bad matrices, and the update's step
-size, quadratic KL prediction, backtracking, skips, DAPG hook, jit and vmap."""
+KL Hessian, the closed-form Gaussian Fisher and jax.linearize's product, its single linearisation
+and its Fisher subsample, CG against numpy's solve, float32 CG against float64, CG on bad matrices,
+and the update's step size, quadratic KL prediction, backtracking, skips, DAPG hook, jit and vmap."""
 
 import functools
 
@@ -155,6 +155,45 @@ def test_fvp_is_the_kl_hessian_and_the_closed_form_gaussian_fisher():
   broadcast = npg.fisher_vector_product(POLICY, params, normalizer, batch.obs,
                                         jnp.broadcast_to(batch.goal[0], batch.goal.shape), damping)
   np.testing.assert_allclose(dense(shared, flat.size), dense(broadcast, flat.size), rtol=1e-5, atol=1e-6 * scale)
+
+
+def generic_fvp(policy, params, normalizer, obs, goal, damping):
+  """The Gauss-Newton product by jax.linearize of the whole policy and its transpose, over the whole
+  batch at once: the generic route that fisher_vector_product's written-out MLP Jacobian replaces."""
+  flat, unravel = ravel_pytree(params)
+  (_, log_std), jvp = jax.linearize(lambda p: policy.apply(unravel(p), normalizer, obs, goal), flat)
+  vjp = jax.linear_transpose(jvp, flat)
+  num = log_std.size // log_std.shape[-1]
+
+  def product(v):
+    d_mean, d_log_std = jvp(v)
+    return vjp((jnp.exp(-2 * log_std) * d_mean / num, 2 * d_log_std / num))[0] + damping * v
+
+  return product
+
+
+@pytest.mark.parametrize('hidden, block_size', [((8,), 3), ((8, 5), 3), ((8, 5), 7), ((8, 5), 64), ((6, 5, 4), 2)])
+def test_fvp_equals_the_generic_linearisation(hidden, block_size):
+  """Any depth, blocks with and without a remainder (7 samples), a relative goal, one log_std on its
+  floor (where jnp.maximum splits the derivative) and one below it."""
+  rng = np.random.default_rng(18)
+  obs_dim, goal_dim, out = 4, 3, 2
+  policy = networks.make_policy(obs_dim, goal_dim, out, networks.PolicyConfig(hidden=hidden))
+  params = jax.tree.map(lambda p: p + jnp.asarray(0.5 * rng.normal(size=p.shape), jnp.float32),
+                        policy.init(jax.random.key(18)))
+  params['log_std'] = jnp.asarray([policy.config.min_log_std, -3.5], jnp.float32)
+  normalizer = networks.PolicyNormalizer(*(
+      networks.Normalizer(jnp.asarray(rng.normal(size=d), jnp.float32),
+                          jnp.asarray(rng.uniform(0.5, 2.0, size=d), jnp.float32)) for d in (obs_dim, goal_dim, out)),
+                                         relative_goal=True)
+  obs = jnp.asarray(rng.normal(size=(7, obs_dim)), jnp.float32)
+  for goal in (jnp.asarray(rng.normal(size=(7, goal_dim)), jnp.float32), jnp.ones(goal_dim)):
+    size = ravel_pytree(params)[0].size
+    want = dense(generic_fvp(policy, params, normalizer, obs, goal, 1e-3), size)
+    got = dense(jax.jit(npg.fisher_vector_product(policy, params, normalizer, obs, goal, 1e-3, block_size)), size)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+  with pytest.raises(ValueError, match='fisher_block_size'):
+    npg.NPGConfig(fisher_block_size=0)
 
 
 def primitives(jaxpr) -> set[str]:

@@ -23,7 +23,6 @@ import numpy as np
 from flax import struct
 from mujoco import mjx
 
-from envs.kitchen import model as kitchen_model
 
 BACKENDS = ('mjx', 'cpu')
 
