@@ -80,7 +80,8 @@ def main(argv):
       raise app.UsageError(f'--config.{name} must be >= 1, got {c[name]}.')
   try:
     orderings = tuple(o.strip() for o in c.orderings.split(',') if o.strip())
-    config = play.PlayConfig(orderings, c.max_steps, c.extra_steps, c.batch_size, c.action_noise)
+    config = play.PlayConfig(orderings, c.max_steps, c.extra_steps, c.batch_size, c.action_noise, c.noise_correlation,
+                             c.noise_in_transit_only)
     low, high = (float(v) for v in c.speed_range)
     expert_config = ExpertConfig(speed_range=(low, high), max_pause=c.max_pause, retry_probability=c.retry_probability)
   except ValueError as e:

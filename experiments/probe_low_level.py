@@ -5,11 +5,13 @@ dataset, as RIL trains it. Each held-out demo is then run closed loop from its o
 dataset's per-demo seeds) toward its own four elements, with the demo's own future state
 s_{min(t+W, T)} as the subgoal at step t: a perfect high level, synchronized by time. The demos'
 recorded actions in the same harness must complete every element; that check is printed too.
-Prints and writes JSON: elements completed per episode (of 4), the arm's largest joint deviation from
-the demo at a few steps, and the fit's mean |action error| over the held-out tuples.
+Prints and writes JSON: elements completed per episode (of 4) and per element, the arm's largest
+joint deviation from the demo at a few steps, and the fit's mean |action error| over the held-out
+tuples. --track_progress replaces the clock by the demo state nearest the arm (a high level that
+re-plans); --in_sample trains on the held-out demos too (closed loop on training data).
 
   python experiments/probe_low_level.py --demos=data/play --out=/tmp/probe.json
-  python experiments/probe_low_level.py --demos=data/play --relative_goals --window=10
+  python experiments/probe_low_level.py --demos=data/play --relative_goals --window=10 [--in_sample]
 
 Findings on our play data: BUILD_NOTES.md, "Why the low level fails closed loop".
 """
@@ -35,6 +37,12 @@ _WINDOW = flags.DEFINE_integer('window', 30, "W: the low level's relabeling wind
 _UPDATES = flags.DEFINE_integer('updates', 15000, 'Gradient updates, in calls of 100.')
 _RELATIVE = flags.DEFINE_boolean('relative_goals', False, 'Goals as offsets from the state.')
 _STEPS = flags.DEFINE_integer('episode_steps', 800, 'Closed-loop steps per held-out demo.')
+_TRACK = flags.DEFINE_boolean(
+    'track_progress', False, "Subgoal s_{j+W} from the demo state j nearest the current one (searched from the "
+    "last j up to W ahead) instead of the step count: a high level that re-plans from where the arm is.")
+_IN_SAMPLE = flags.DEFINE_boolean(
+    'in_sample', False, 'Train on the held-out demos too: closed loop on training demos, which separates '
+    'compounding error from generalisation.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Training seed.')
 _OUT = flags.DEFINE_string('out', None, 'JSON output path.')
 
@@ -48,14 +56,14 @@ def dataset_env(meta: dict) -> KitchenEnv:
   return KitchenEnv(KitchenConfig(**config))
 
 
-def held_out_plays(meta: dict, held_out: int) -> tuple[np.ndarray, np.ndarray]:
-  """Seeds [K] and goal states [K, 30] of the last `held_out` demos."""
+def held_out_plays(meta: dict, held_out: int) -> tuple[np.ndarray, list, np.ndarray]:
+  """Seeds [K], element orders and goal states [K, 30] of the last `held_out` demos."""
   shards = meta['shards']
   if any(shard['seeds'] is None or shard['element_orders'] is None for shard in shards):
     raise app.UsageError('the dataset does not record per-demo seeds and element orders.')
   seeds = np.concatenate([shard['seeds'] for shard in shards])[-held_out:]
   orders = [order for shard in shards for order in shard['element_orders']][-held_out:]
-  return seeds.astype(np.int32), np.stack([tasks.goal_state(order) for order in orders]).astype(np.float32)
+  return seeds.astype(np.int32), orders, np.stack([tasks.goal_state(order) for order in orders]).astype(np.float32)
 
 
 def train_low(demos: PaddedDemos):
@@ -76,17 +84,23 @@ def train_low(demos: PaddedDemos):
 
 def episode(env, low, num_steps: int, replay: bool, params, normalizer, seed, goal, observations, actions, length):
   """One held-out demo closed loop toward its goal from its reset key: the low level's mean on the
-  demo's s_{t+W}, or (replay) the demo's own actions."""
+  demo's s_{t+W} (or s_{j+W}, j its progress: --track_progress), or (replay) the demo's own actions."""
   window = _WINDOW.value
 
-  def act(carry, obs, t, keys):
-    subgoal = observations[jnp.minimum(t + window, length)]
+  def act(progress, obs, t, keys):
+    if _TRACK.value:
+      candidates = jnp.minimum(progress + jnp.arange(window + 1), length)
+      progress = candidates[jnp.argmin(jnp.sum((observations[candidates] - obs) ** 2, axis=-1))]
+    else:
+      progress = t
+    subgoal = observations[jnp.minimum(progress + window, length)]
     # Replayed demos hold still past their end (action 0), as rollout.open_loop_rollout does.
     replayed = jnp.where(t < length, actions[jnp.minimum(t, length - 1)], 0.0)
     action = replayed if replay else low.apply(params, normalizer, obs, subgoal)[0]
-    return carry, action, subgoal
+    return progress, action, subgoal
 
-  return rollout.run_episode(env, act, (), jax.random.key(0), goal, num_steps, reset_key=demo_keys(seed)[0])
+  return rollout.run_episode(env, act, jnp.int32(0), jax.random.key(0), goal, num_steps,
+                             reset_key=demo_keys(seed)[0])
 
 
 def main(argv):
@@ -96,10 +110,10 @@ def main(argv):
   meta = read_metadata(_DEMOS.value)
   demos = load_padded(_DEMOS.value)
   fit, held = (PaddedDemos(*(np.asarray(x)[sl] for x in demos))
-               for sl in (slice(None, -_HELD_OUT.value), slice(-_HELD_OUT.value, None)))
+               for sl in (slice(None, None if _IN_SAMPLE.value else -_HELD_OUT.value), slice(-_HELD_OUT.value, None)))
   if len(fit.lengths) < 1:
     raise app.UsageError(f'--held_out={_HELD_OUT.value} leaves no demo to train on.')
-  seeds, goals = held_out_plays(meta, _HELD_OUT.value)
+  seeds, orders, goals = held_out_plays(meta, _HELD_OUT.value)
   env = dataset_env(meta)
   start = time.perf_counter()
   agent, state = train_low(fit)
@@ -118,12 +132,15 @@ def main(argv):
   demo_states = np.take_along_axis(held.observations, np.minimum(steps, held.lengths[:, None])[..., None], axis=1)
   deviation = np.abs(np.asarray(probed.observations) - demo_states)[..., ARM].max(-1)
   results = {
-      'demos': _DEMOS.value, 'train_demos': len(fit.lengths), 'held_out': _HELD_OUT.value, 'window': _WINDOW.value,
-      'updates': int(state.updates), 'relative_goals': _RELATIVE.value, 'seed': _SEED.value,
+      'demos': _DEMOS.value, 'train_demos': len(fit.lengths), 'held_out': _HELD_OUT.value,
+      'in_sample': _IN_SAMPLE.value, 'window': _WINDOW.value,
+      'updates': int(state.updates), 'relative_goals': _RELATIVE.value, 'track_progress': _TRACK.value, 'seed': _SEED.value,
       'episode_steps': _STEPS.value, 'train_seconds': round(train_seconds, 1),
       'replayed_elements_per_episode': float(np.mean(replayed.step_completion[:, -1])),
       'elements_per_episode': float(np.mean(probed.step_completion[:, -1])),
       'success': float(np.mean(probed.success[:, -1])),
+      'completed_per_element': dict(zip(tasks.ELEMENTS, np.asarray(probed.completed[:, -1]).sum(0).tolist())),
+      'in_plan_per_element': {e: sum(e in tasks.parse_elements(order) for order in orders) for e in tasks.ELEMENTS},
       'median_arm_deviation': {str(t): float(np.median(deviation[:, t])) for t in DEVIATION_STEPS if t <= _STEPS.value},
       'held_out_arm_action_error': action_error,
       'backend': env.backend, 'jax': jax.__version__,

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from envs.kitchen import KitchenConfig, KitchenEnv, tasks
-from envs.kitchen.expert import Expert, ExpertConfig, element_trials
+from envs.kitchen.expert import (APPROACH, CLOSE, HOME, MANIPULATE, REACH, RELEASE, RETREAT, Expert, ExpertConfig,
+                                 element_trials)
 from rpl_jax.data import play
 
 TRIALS, STEPS = 3, 260
@@ -74,3 +75,14 @@ def test_an_opened_door_stays_open_through_the_next_element(expert_batch):
   completion = np.asarray(rollout(np.arange(len(plans), dtype=np.int32), plans, goals).completion)
   both = completion[:, -1].all(axis=-1).reshape(len(pairs), 3)
   assert (both.sum(axis=1) >= 2).all(), dict(zip(pairs, both.tolist()))
+
+
+def test_in_transit_means_the_joint_space_moves_of_an_unfinished_plan(expert_batch):
+  """The phases where play.rollout's transit-only noise applies: approach and home, never after the
+  plan's last element."""
+  expert = expert_batch[0]
+  state = expert.init(jax.random.key(0), jnp.arange(4, dtype=jnp.int32))
+  transit = {phase: bool(Expert.in_transit(state.replace(phase=jnp.int32(phase)))) for phase in range(7)}
+  assert transit == {APPROACH: True, REACH: False, CLOSE: False, MANIPULATE: False, RELEASE: False,
+                     RETREAT: False, HOME: True}
+  assert not Expert.in_transit(state.replace(phase=jnp.int32(APPROACH), index=jnp.int32(4)))

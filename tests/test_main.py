@@ -272,17 +272,22 @@ def test_starting_from_a_ril_run_with_other_goal_inputs_fails(smoke_run, tmp_pat
 
 def test_low_level_probe_replays_held_out_demos_from_their_own_resets(smoke_run, tmp_path):
   """experiments/probe_low_level.py on the smoke run's two demos: the demo's own actions, run from its
-  recorded reset key toward its recorded elements in the probe's harness, complete all four."""
-  out = tmp_path / 'probe.json'
-  process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'probe_low_level.py'),
-                            f'--demos={smoke_run / "demos"}', '--held_out=1', '--updates=100', '--window=5',
-                            '--episode_steps=700', f'--out={out}'], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
-                           capture_output=True, text=True, timeout=900)
-  assert process.returncode == 0, process.stderr[-3000:]
-  result = json.loads(out.read_text())
-  assert result['train_demos'] == 1 and result['updates'] == 100
-  assert result['replayed_elements_per_episode'] == 4.0
-  assert 0.0 <= result['elements_per_episode'] <= 4.0 and 0.0 <= result['held_out_arm_action_error'] < float('inf')
+  recorded reset key toward its recorded elements in the probe's harness, complete all four. With
+  --in_sample both demos train; the per-element counts add up to the episode's."""
+  for flags in ([], ['--in_sample', '--track_progress']):
+    out = tmp_path / 'probe.json'
+    process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'probe_low_level.py'),
+                              f'--demos={smoke_run / "demos"}', '--held_out=1', '--updates=100', '--window=5',
+                              '--episode_steps=700', f'--out={out}', *flags], cwd=REPO,
+                             env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
+    assert process.returncode == 0, process.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result['train_demos'] == (2 if flags else 1) and result['updates'] == 100
+    assert result['replayed_elements_per_episode'] == 4.0
+    assert 0.0 <= result['elements_per_episode'] <= 4.0 and 0.0 <= result['held_out_arm_action_error'] < float('inf')
+    in_plan, completed = result['in_plan_per_element'], result['completed_per_element']
+    assert sum(in_plan.values()) == 4 and sum(completed.values()) == result['elements_per_episode']
+    assert all(completed[e] <= in_plan[e] for e in in_plan)
 
 
 def test_policies_load_from_the_run_directory_alone(smoke_run):

@@ -197,13 +197,18 @@ def test_replay_accepts_saved_demos_and_rejects_tampered_ones(generated):
 
 
 class _StillExpert:
-  """Stands in for the scripted expert: always the zero action, so executed actions are the noise alone."""
+  """Stands in for the scripted expert: always the zero action, so executed actions are the noise alone.
+  Its state counts steps; it is "in transit" on even steps."""
 
   def init(self, key, plan):
-    return key
+    return jnp.int32(0)
 
   def act(self, state, qpos):
-    return np.zeros(9, np.float32), state
+    return np.zeros(9, np.float32), state + 1
+
+  @staticmethod
+  def in_transit(state):
+    return state % 2 == 0
 
 
 @pytest.mark.parametrize('noise', [0.0, 0.3])
@@ -227,3 +232,30 @@ def test_action_noise_is_executed_and_stored(noise):
   replayed = jax.jit(jax.vmap(replay))(seeds, play.goal_states(plans), r.actions)
   # (Up to float rounding: XLA fuses the two graphs differently. Stored zero actions would be ~1e-2 off.)
   np.testing.assert_allclose(np.asarray(replayed), np.asarray(r.observations)[:, 1:], atol=1e-5)
+
+
+def test_correlated_noise_has_its_std_and_lag_one_correlation():
+  env = KitchenEnv(KitchenConfig(backend='cpu'))
+  plans = play.parse_orderings([ORDERING] * 4)
+  r = play.rollout(env, _StillExpert(), np.arange(4, dtype=np.int32), plans, play.goal_states(plans),
+                   num_steps=400, action_noise=0.1, noise_correlation=0.8)
+  actions = np.asarray(r.actions)  # [4, 400, 9]; clipping at 1 is 10 sigma away
+  assert abs(actions.std() - 0.1) < 0.01
+  lag_one = np.mean(actions[:, 1:] * actions[:, :-1]) / np.mean(actions**2)
+  assert abs(lag_one - 0.8) < 0.05  # 14,400 pairs: the estimate's std is about 0.01
+
+
+def test_transit_only_noise_leaves_the_other_steps_clean():
+  env = KitchenEnv(KitchenConfig(backend='cpu'))
+  plans = play.parse_orderings([ORDERING] * 2)
+  r = play.rollout(env, _StillExpert(), np.array([3, 4], np.int32), plans, play.goal_states(plans), num_steps=20,
+                   action_noise=0.3, noise_in_transit_only=True)
+  actions = np.asarray(r.actions)
+  np.testing.assert_array_equal(actions[:, 1::2], 0.0)  # the stub is in transit on even steps only
+  assert (np.abs(actions[:, ::2]) > 0).all()
+
+
+@pytest.mark.parametrize('correlation', [-0.1, 1.0])
+def test_noise_correlation_out_of_range_is_refused(correlation):
+  with pytest.raises(ValueError, match='noise_correlation must be in'):
+    play.PlayConfig(noise_correlation=correlation)

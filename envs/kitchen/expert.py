@@ -312,6 +312,12 @@ class Expert:
     kettle = qpos.at[self._kettle_idx].set(jnp.concatenate([pos + _cap(goal - pos, speed), quat / jnp.linalg.norm(quat)]))
     return jnp.where(element == self._kettle, kettle, hinged)
 
+  @staticmethod
+  def in_transit(state: ExpertState) -> jax.Array:
+    """Whether the next action is a joint-space move between elements (approach or home), where a
+    perturbation costs no grasp."""
+    return ~state.done & ((state.phase == APPROACH) | (state.phase == HOME))
+
   def act(self, state: ExpertState, qpos: jax.Array) -> tuple[jax.Array, ExpertState]:
     c = self.config
     qpos = jnp.asarray(qpos, jnp.float32)

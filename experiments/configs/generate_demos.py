@@ -22,6 +22,8 @@ def get_config() -> config_dict.ConfigDict:
   config.reset_noise_scale = 0.005  # uniform noise on the reset qpos
   # Std of Gaussian noise on the executed (and stored) expert actions; the expert corrects it.
   config.action_noise = 0.0
+  config.noise_correlation = 0.0  # AR(1) coefficient of that noise (0: white)
+  config.noise_in_transit_only = False  # noise only on the joint-space moves between elements
   config.speed_range = (0.7, 1.3)  # range of the expert's per-demo speed factor
   config.max_pause = 2  # longest random pause (steps) between the expert's phases
   config.retry_probability = 0.1  # per element: chance that the expert lets go midway and retries

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs.kitchen import tasks
+from envs.kitchen import ACTION_DIM, tasks
 from rpl_jax.data.demos import Demo
 
 PLAN_LENGTH = 4
@@ -49,11 +49,20 @@ class PlayConfig:
   # Std of Gaussian noise added to the expert's actions before they are executed (and stored): the
   # closed-loop expert corrects it, so demos show recoveries from off-path states (as in DART).
   action_noise: float = 0.0
+  # The noise is an AR(1) process with this coefficient (0: white), stationary std action_noise. The
+  # stored actions include it (a replay needs the executed actions), so correlated noise is partly
+  # predictable from the states, and a policy imitating them can learn some of the drift.
+  noise_correlation: float = 0.0
+  # Noise only while the expert moves in joint space between elements (Expert.in_transit), so grasps
+  # and pushes stay clean.
+  noise_in_transit_only: bool = False
 
   def __post_init__(self):
     if self.max_steps < 1 or self.extra_steps < 0 or self.batch_size < 1 or not self.action_noise >= 0:
       raise ValueError(f'need max_steps >= 1, extra_steps >= 0, batch_size >= 1 and action_noise >= 0, got '
                        f'{self.max_steps}, {self.extra_steps}, {self.batch_size} and {self.action_noise}.')
+    if not 0 <= self.noise_correlation < 1:
+      raise ValueError(f'noise_correlation must be in [0, 1), got {self.noise_correlation}.')
     parse_orderings(self.orderings)
 
   @property
@@ -111,25 +120,31 @@ class Rollout(NamedTuple):
 
 
 def rollout(env, expert, seeds: jax.Array, plans: jax.Array, goals: jax.Array, num_steps: int,
-            action_noise: float = 0.0) -> Rollout:
+            action_noise: float = 0.0, noise_correlation: float = 0.0, noise_in_transit_only: bool = False) -> Rollout:
   """The expert playing each plan for `num_steps` steps from its seed's reset key, its actions
-  perturbed by Gaussian noise of std `action_noise` (clipped to [-1, 1]). Pure: jit it with env,
-  expert, num_steps and action_noise bound (functools.partial)."""
+  perturbed by Gaussian noise (PlayConfig's action_noise, noise_correlation, noise_in_transit_only) and
+  clipped to [-1, 1]. Pure: jit it with env, expert, num_steps and the noise settings bound
+  (functools.partial)."""
+  innovation = action_noise * (1.0 - noise_correlation**2) ** 0.5
+
   def one(seed, plan, goal):
     reset_key, expert_key = demo_keys(seed)
     state = env.reset(reset_key, goal)
     noise_keys = jax.random.split(jax.random.fold_in(expert_key, 1), num_steps)
 
     def step(carry, noise_key):
-      state, expert_state = carry
+      state, expert_state, noise = carry
+      noisy = expert.in_transit(expert_state) if noise_in_transit_only else True  # the phase acting now
       action, expert_state = expert.act(expert_state, state.data.qpos)
       if action_noise:
-        action = jnp.clip(action + action_noise * jax.random.normal(noise_key, action.shape), -1.0, 1.0)
+        noise = noise_correlation * noise + innovation * jax.random.normal(noise_key, action.shape)
+        action = jnp.clip(action + jnp.where(noisy, noise, 0.0), -1.0, 1.0)
       state = env.step(state, action)
       nonfinite = (state.metrics['nan_physics'] > 0) | (state.metrics['nonfinite_actions'] > 0)
-      return (state, expert_state), (state.obs, action, _plan_completion(state, plan), nonfinite)
+      return (state, expert_state, noise), (state.obs, action, _plan_completion(state, plan), nonfinite)
 
-    carry = (state, expert.init(expert_key, plan))
+    first_noise = action_noise * jax.random.normal(jax.random.fold_in(expert_key, 2), (ACTION_DIM,))
+    carry = (state, expert.init(expert_key, plan), first_noise)
     observations, actions, completion, nonfinite = jax.lax.scan(step, carry, noise_keys)[1]
     return Rollout(jnp.concatenate([state.obs[None], observations]), actions,
                    jnp.concatenate([_plan_completion(state, plan)[None], completion]), nonfinite)
@@ -226,7 +241,9 @@ class Player:
     self.config = config
     self.plans = parse_orderings(config.orderings)
     self._rollout = jax.jit(functools.partial(rollout, env, expert, num_steps=config.num_steps,
-                                              action_noise=config.action_noise))
+                                              action_noise=config.action_noise,
+                                              noise_correlation=config.noise_correlation,
+                                              noise_in_transit_only=config.noise_in_transit_only))
     self._replay = jax.jit(functools.partial(replay, env))
 
   def play(self, seeds: np.ndarray, plans: np.ndarray) -> Batch:
