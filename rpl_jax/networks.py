@@ -5,7 +5,8 @@ A network is a frozen description (dims and config) with pure `init(key) -> para
 `apply(params, normalizer, ...)`; params are plain pytrees and normalizers are fitted once from data
 and passed beside them, never trained. The policy follows mjrl's (DESIGN.md, NPG reference numbers):
 a tanh MLP for the mean, a state-independent learned log_std with a floor, and a small last layer so
-that a fresh policy starts near the output normalizer's mean.
+that a fresh policy starts near the output normalizer's mean. `mlp_activations` and
+`mlp_gauss_newton` run that MLP layer by layer on its params, for the Fisher's products (rpl_jax.npg).
 """
 
 import dataclasses
