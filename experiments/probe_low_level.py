@@ -134,7 +134,8 @@ def main(argv):
   results = {
       'demos': _DEMOS.value, 'train_demos': len(fit.lengths), 'held_out': _HELD_OUT.value,
       'in_sample': _IN_SAMPLE.value, 'window': _WINDOW.value,
-      'updates': int(state.updates), 'relative_goals': _RELATIVE.value, 'track_progress': _TRACK.value, 'seed': _SEED.value,
+      'updates': int(state.updates), 'relative_goals': _RELATIVE.value, 'track_progress': _TRACK.value,
+      'seed': _SEED.value,
       'episode_steps': _STEPS.value, 'train_seconds': round(train_seconds, 1),
       'replayed_elements_per_episode': float(np.mean(replayed.step_completion[:, -1])),
       'elements_per_episode': float(np.mean(probed.step_completion[:, -1])),
