@@ -110,8 +110,8 @@ def fisher_vector_product(policy: networks.GaussianPolicy, params: Params,
   same operations as the policy's forward pass, which XLA then shares) and laid out feature-major
   in blocks of `block_size` samples. A product (one per CG iteration) evaluates no nonlinearity and
   keeps a block's intermediates in cache: about 3 forward passes' worth of matmuls, against 4.3 for
-  forward-over-reverse of the KL's gradient, at about twice the speed of jax.linearize's transpose
-  over the whole batch (experiments/bench_npg.py). The product is a jax.tree_util.Partial, so it
+  forward-over-reverse of the KL's gradient, about 1.6x as fast as jax.linearize's transpose over
+  the whole batch (BUILD_NOTES.md, "NPG update speed"). The product is a jax.tree_util.Partial, so it
   passes in and out of jit."""
   x = policy.inputs(normalizer, obs, goal)
   activations = [a.reshape(-1, a.shape[-1]) for a in networks.mlp_activations(params['mlp'], x)]
