@@ -43,6 +43,7 @@ _TRACK = flags.DEFINE_boolean(
 _IN_SAMPLE = flags.DEFINE_boolean(
     'in_sample', False, 'Train on the held-out demos too: closed loop on training demos, which separates '
     'compounding error from generalisation.')
+_CORRECTIVE = flags.DEFINE_float('corrective_noise', 0.0, 'train.BCConfig.corrective_noise (rad).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Training seed.')
 _OUT = flags.DEFINE_string('out', None, 'JSON output path.')
 
@@ -71,7 +72,7 @@ def train_low(demos: PaddedDemos):
   exactly RIL's low level)."""
   window = _WINDOW.value
   config = train.BCConfig(method='gcbc', relabel=relabel.RelabelConfig(window, window, 1),
-                          updates_per_step=100, relative_goals=_RELATIVE.value)
+                          updates_per_step=100, relative_goals=_RELATIVE.value, corrective_noise=_CORRECTIVE.value)
   agent = train.make_agent(config)
   data = train.training_data(config.method, demos)
   state = train.init_state(agent, config, data, jax.random.key(_SEED.value))
@@ -135,7 +136,7 @@ def main(argv):
       'demos': _DEMOS.value, 'train_demos': len(fit.lengths), 'held_out': _HELD_OUT.value,
       'in_sample': _IN_SAMPLE.value, 'window': _WINDOW.value,
       'updates': int(state.updates), 'relative_goals': _RELATIVE.value, 'track_progress': _TRACK.value,
-      'seed': _SEED.value,
+      'seed': _SEED.value, 'corrective_noise': _CORRECTIVE.value,
       'episode_steps': _STEPS.value, 'train_seconds': round(train_seconds, 1),
       'replayed_elements_per_episode': float(np.mean(replayed.step_completion[:, -1])),
       'elements_per_episode': float(np.mean(probed.step_completion[:, -1])),

@@ -23,6 +23,7 @@ import optax
 from flax import struct
 
 from envs.kitchen import ACTION_DIM, tasks
+from envs.kitchen.env import corrected_action
 from rpl_jax import networks, parallel, relabel
 from rpl_jax.relabel import RelabelConfig
 from rpl_jax.data.demos import PaddedDemos
@@ -43,6 +44,10 @@ class BCConfig:
   max_grad_norm: float = 10.0
   # Goals enter every network as their offset from the state (networks.PolicyNormalizer.relative_goal).
   relative_goals: bool = False
+  # Std (rad) of a Gaussian displacement of the robot joints in a random half of the action level's
+  # tuples (RIL's low level, the baselines' one policy), with the labels corrected to command the same
+  # position targets (`corrected`). 0: off.
+  corrective_noise: float = 0.0
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -50,6 +55,8 @@ class BCConfig:
     for name in ('batch_size', 'updates_per_step'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
+    if not 0 <= self.corrective_noise < float('inf'):
+      raise ValueError(f'corrective_noise must be a finite std >= 0 (rad), got {self.corrective_noise}.')
     if not (self.learning_rate > 0 and self.max_grad_norm > 0):
       raise ValueError(f'learning_rate and max_grad_norm must be positive, got {self.learning_rate} and '
                        f'{self.max_grad_norm}.')
@@ -146,6 +153,23 @@ def samplers(method: str, windows: RelabelConfig, batch_size: int) -> dict[str, 
   raise ValueError(f'unknown method {method!r}; choose from {METHODS}.')
 
 
+def corrected(draw: Callable, noise: float) -> Callable:
+  """The action level's `draw` with a random half of its tuples moved off the demos: their robot
+  joints displaced by N(0, noise^2) rad and their action labels corrected to command the position
+  targets the demonstrator commanded (env.corrected_action), so the labels steer back toward the
+  demo. The env's actions are velocity increments on the observed joints, which makes this exact for
+  the servo targets; the displaced tuples' hidden joint velocities stay the demo's."""
+  def draw_displaced(key, demos):
+    key, displacement_key, half_key = jax.random.split(key, 3)
+    states, goals, actions = draw(key, demos)
+    rows = states.shape[0]
+    chosen = jax.random.bernoulli(half_key, 0.5, (rows, 1))
+    displacement = jnp.where(chosen, noise * jax.random.normal(displacement_key, (rows, tasks.ROBOT_DOF)), 0.0)
+    return (states.at[:, :tasks.ROBOT_DOF].add(displacement), goals,
+            jnp.where(chosen, corrected_action(actions, displacement), actions))
+  return draw_displaced
+
+
 def make_optimizer(config: BCConfig) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate))
 
@@ -165,6 +189,8 @@ def make_train_step(agent: Agent, config: BCConfig, mesh=None):
   means over those updates: the negative log-likelihood of each level ('nll_low', 'nll_high') and the
   gradient norm. With a `mesh` (rpl_jax.parallel), each minibatch is split over all its devices."""
   draws = {level: sampler.draw for level, sampler in samplers(config.method, config.relabel, config.batch_size).items()}
+  if config.corrective_noise:
+    draws['low'] = corrected(draws['low'], config.corrective_noise)
   optimizer = make_optimizer(config)
 
   def loss(params, normalizers, batches):

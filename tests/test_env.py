@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import batched_env
-from envs.kitchen import ACTION_DIM, KitchenConfig, model as kitchen_model, tasks
+from envs.kitchen import ACTION_DIM, KitchenConfig, env as env_module, model as kitchen_model, tasks
 
 B = 3
 
@@ -51,6 +51,19 @@ def test_action_to_position_target():
   action = np.array([-3.0, -1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 2.0, -0.7], np.float32)
   expected = np.clip(qpos + 0.08 * 2.0 * np.clip(action, -1, 1), franka['pos_bound'][:9, 0], franka['pos_bound'][:9, 1])
   np.testing.assert_allclose(env.ctrl(jnp.asarray(qpos), jnp.asarray(action)), expected, rtol=1e-6)
+
+
+def test_corrected_action_commands_the_same_target_from_a_displaced_state():
+  env = batched_env('cpu')[0]
+  qpos = jnp.asarray(tasks.INIT_QPOS[:9], jnp.float32).at[1].set(0.0)  # joint 2 off its limit
+  action = jnp.array([-0.6, -0.5, -0.2, 0.0, 0.1, 0.3, 0.6, 0.2, -0.2], jnp.float32)
+  displacement = jnp.array([0.03, -0.05, 0.02, 0.01, -0.04, 0.06, -0.02, 0.001, -0.001], jnp.float32)
+  corrected = env_module.corrected_action(action, displacement)
+  np.testing.assert_allclose(env.ctrl(qpos + displacement, corrected), env.ctrl(qpos, action), atol=1e-6)
+  np.testing.assert_allclose(corrected, action - displacement / 0.16, rtol=1e-6)
+  # Beyond the action's range it saturates: the target then falls short by the clipped remainder.
+  far = env_module.corrected_action(jnp.ones(9), jnp.full(9, -0.2))
+  np.testing.assert_array_equal(far, jnp.ones(9))
 
 
 def test_per_env_noise_keys():

@@ -144,9 +144,50 @@ def test_bad_configs_fail_before_compiling():
     train.BCConfig(method='bc')
   with pytest.raises(ValueError, match='batch_size'):
     train.BCConfig(batch_size=0)
+  for noise in (-0.1, float('nan'), float('inf')):
+    with pytest.raises(ValueError, match='corrective_noise'):
+      train.BCConfig(corrective_noise=noise)
   config = train.BCConfig(relabel=relabel.RelabelConfig(30, 260, 30), policy=SMALL)
   with pytest.raises(ValueError):
     train.init_state(train.make_agent(config), config, _demos(lengths=(40, 50)), jax.random.key(0))
+
+
+def test_corrective_noise_displaces_half_the_tuples_and_keeps_their_servo_targets():
+  draw = train.samplers('gcbc', relabel.RelabelConfig(5, 20, 4), 4096)['low'].draw
+  demos, key, noise = train.device_demos(_demos()), jax.random.key(3), 0.05
+  states, goals, actions = (np.asarray(x) for x in train.corrected(draw, noise)(key, demos))
+  plain_states, plain_goals, plain_actions = (np.asarray(x) for x in draw(jax.random.split(key, 3)[0], demos))
+  robot = slice(0, tasks.ROBOT_DOF)
+  np.testing.assert_array_equal(goals, plain_goals)
+  np.testing.assert_array_equal(states[:, robot.stop:], plain_states[:, robot.stop:])
+  displacement = states[:, robot] - plain_states[:, robot]
+  moved = np.any(displacement != 0, axis=1)
+  assert abs(moved.mean() - 0.5) < 0.03  # 4096 Bernoulli(1/2) draws: 4 standard deviations
+  np.testing.assert_allclose(displacement[moved].std(), noise, rtol=0.03)
+  np.testing.assert_array_equal(actions[~moved], plain_actions[~moved])
+  # The same position target (observed joints + 2 * 80 ms * action) wherever the label did not saturate.
+  free = moved[:, None] & (np.abs(actions) < 1)
+  targets, plain_targets = states[:, robot] + 0.16 * actions, plain_states[:, robot] + 0.16 * plain_actions
+  assert free.mean() > 0.4
+  np.testing.assert_allclose(targets[free], plain_targets[free], atol=1e-5)
+  assert np.all(np.abs(actions) <= 1)
+
+
+def test_training_with_corrective_noise_still_fits_the_demos():
+  demos = _demos()
+  trained = {}
+  for noise in (0.0, 0.01):
+    config = _config(updates_per_step=25, learning_rate=3e-3, corrective_noise=noise)
+    agent = train.make_agent(config)
+    state = train.init_state(agent, config, demos, jax.random.key(0))
+    before = _dataset_log_likelihood(agent, state, demos, config)
+    step = train.jit_train_step(agent, config)
+    for _ in range(8):
+      state, _ = step(state, train.device_demos(demos))
+    after = _dataset_log_likelihood(agent, state, demos, config)
+    assert after['low'] > before['low'] + 5 and after['high'] > before['high'] + 5, (noise, before, after)
+    trained[noise] = state.params
+  assert not np.allclose(trained[0.0]['low']['log_std'], trained[0.01]['low']['log_std'])  # the noise is wired in
 
 
 # --- hierarchical rollout -------------------------------------------------------------------------

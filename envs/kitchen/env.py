@@ -147,6 +147,15 @@ def position_target(robot_qpos, action, pos_bounds, vel_bounds) -> jax.Array:
   return jnp.clip(robot_qpos + velocity * kitchen_model.CONTROL_DT, pos_bounds[:, 0], pos_bounds[:, 1])
 
 
+def corrected_action(action: jax.Array, displacement: jax.Array) -> jax.Array:
+  """The action that, from an observed robot qpos displaced by `displacement` ([..., 9]), commands the
+  position target that `action` commanded from the undisplaced one: action - displacement / (2 * 80 ms),
+  clipped to [-1, 1]. Exact wherever neither that clip nor position_target's bounds bind (the velocity
+  bounds, +-10 rad/s, never do). A demo state perturbed this way keeps its label's intent: move back
+  toward where the demonstrator was going."""
+  return jnp.clip(action - displacement / (2.0 * kitchen_model.CONTROL_DT), -1.0, 1.0)
+
+
 def _check_action(action) -> jax.Array:
   action = jnp.asarray(action)
   if not jnp.issubdtype(action.dtype, jnp.floating):

@@ -21,6 +21,8 @@ def get_config() -> config_dict.ConfigDict:
   config.learning_rate = 1e-3
   config.hidden = (256, 256)
   config.relative_goals = False  # goals enter the networks as offsets from the state
+  # rad: robot joints of half the low level's tuples displaced, labels corrected (train.BCConfig)
+  config.corrective_noise = 0.0
   config.window_low = 30  # W_l
   config.window_high = 260  # W_h (also the GCBC window)
   config.horizon = 30  # H
