@@ -140,9 +140,10 @@ def _videos(env, agent, state, workdir: str) -> None:
 
 def main(argv):
   del argv
-  unknown = set(_methods()) - set(train.METHODS)
+  unknown = set(_methods()) - set(PAPER)
   if unknown:
-    raise app.UsageError(f'unknown methods {sorted(unknown)}; choose from {train.METHODS}.')
+    raise app.UsageError(f'methods {sorted(unknown)} are not in Table 1; choose from {tuple(PAPER)} '
+                         '(experiments/compare.py runs the other baselines, e.g. oracle segmentation).')
   if _CONFIG.value.seeds < 1 or _CONFIG.value.train_steps < 1:
     raise app.UsageError('--config.seeds and --config.train_steps must be >= 1.')
   configs = {method: _config(method) for method in _methods()}  # bad windows or sizes fail here

@@ -291,6 +291,30 @@ def test_low_level_probe_replays_held_out_demos_from_their_own_resets(smoke_run,
     assert all(completed[e] <= in_plan[e] for e in in_plan)
 
 
+def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path):
+  """experiments/train_ril.py on the smoke run's demos: every Table 1 method trains and is evaluated,
+  and the tables list them beside the paper's numbers; a method outside Table 1 fails before training."""
+  def train_ril(workdir, *flags):
+    return subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'train_ril.py'), f'--workdir={workdir}',
+                           f'--config.demos={smoke_run / "demos"}', '--config.seeds=1', '--config.train_steps=2',
+                           '--config.updates_per_step=2', '--config.window_low=5', '--config.window_high=20',
+                           '--config.horizon=5', '--config.eval_episodes=1', '--config.episode_steps=10',
+                           '--config.goals=microwave-kettle-topknob-hinge', '--config.backend=cpu',
+                           '--config.corrective_noise=0.05', *flags],
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
+
+  process = train_ril(tmp_path / 'table')
+  assert process.returncode == 0, process.stderr[-3000:]
+  rows = (tmp_path / 'table' / 'table.csv').read_text().splitlines()
+  assert [row.split(',')[0] for row in rows[1:]] == ['RIL', 'GCBC with relabeling', 'GCBC without relabeling']
+  results = json.loads((tmp_path / 'table' / 'results.json').read_text())
+  assert all(results['configs'][m]['corrective_noise'] == 0.05 for m in ('ril', 'gcbc', 'gcbc_final'))
+  assert (tmp_path / 'table' / 'success.png').stat().st_size > 0
+  refused = train_ril(tmp_path / 'oracle', '--config.methods=ril,oracle')
+  assert refused.returncode != 0 and 'not in Table 1' in refused.stderr and 'compare.py' in refused.stderr
+  assert not (tmp_path / 'oracle').exists()
+
+
 def test_policies_load_from_the_run_directory_alone(smoke_run):
   """Re-evaluating the loaded agents with the run's evaluation seed reproduces its report numbers."""
   results = json.loads((smoke_run / 'results.json').read_text())['results']

@@ -7,13 +7,12 @@
 from ml_collections import config_dict
 
 from envs.kitchen import tasks
-from rpl_jax import train
 
 
 def get_config() -> config_dict.ConfigDict:
   config = config_dict.ConfigDict()
   config.demos = 'data/play'  # a dataset directory (experiments/generate_demos.py)
-  config.methods = ','.join(train.METHODS)  # comma-separated, from train.METHODS
+  config.methods = 'ril,gcbc,gcbc_final'  # comma-separated: Table 1's methods
   config.seeds = 3  # seeds 0..seeds-1 per method
   config.train_steps = 40  # calls of the compiled step, each `updates_per_step` updates
   config.updates_per_step = 50
