@@ -12,8 +12,10 @@ re-plans); --in_sample trains on the held-out demos too (closed loop on training
 
   python experiments/probe_low_level.py --demos=data/play --out=/tmp/probe.json
   python experiments/probe_low_level.py --demos=data/play --relative_goals --window=10 [--in_sample]
+  python experiments/probe_low_level.py --demos=data/play --window=30 --corrective_noise=0.05
 
-Findings on our play data: BUILD_NOTES.md, "Why the low level fails closed loop".
+Findings on our play data: BUILD_NOTES.md, "Why the low level fails closed loop" and "Corrective labels
+lift the low level".
 """
 
 import functools

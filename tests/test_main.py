@@ -54,6 +54,7 @@ def smoke() -> config_dict.ConfigDict:
     (lambda c: setattr(c, 'backend', 'warp'), 'unknown backend'),
     (lambda c: setattr(c.rrf, 'iterations', 0), 'rrf.iterations must be >= 1'),
     (lambda c: setattr(c.rrf, 'buffer_episodes', 1), 'must hold one iteration'),
+    (lambda c: setattr(c.ril, 'corrective_noise', -0.1), 'corrective_noise must be'),
 ])
 def test_invalid_configs_fail_with_a_message(change, message):
   config = smoke()
