@@ -44,9 +44,9 @@ class BCConfig:
   max_grad_norm: float = 10.0
   # Goals enter every network as their offset from the state (networks.PolicyNormalizer.relative_goal).
   relative_goals: bool = False
-  # Std (rad) of a Gaussian displacement of the robot joints in a random half of the action level's
-  # tuples (RIL's low level, the baselines' one policy), with the labels corrected to command the same
-  # position targets (`corrected`). 0: off.
+  # Std (rad; m for the fingers) of a Gaussian displacement of the robot joints in half the action
+  # level's tuples (RIL's low level, the baselines' one policy), with the labels corrected to command
+  # the same position targets (`corrected`). 0: off. The RRF phase's DAPG term draws undisplaced tuples.
   corrective_noise: float = 0.0
 
   def __post_init__(self):
@@ -155,10 +155,10 @@ def samplers(method: str, windows: RelabelConfig, batch_size: int) -> dict[str, 
 
 def corrected(draw: Callable, noise: float) -> Callable:
   """The action level's `draw` with a random half of its tuples moved off the demos: their robot
-  joints displaced by N(0, noise^2) rad and their action labels corrected to command the position
-  targets the demonstrator commanded (env.corrected_action), so the labels steer back toward the
-  demo. The env's actions are velocity increments on the observed joints, which makes this exact for
-  the servo targets; the displaced tuples' hidden joint velocities stay the demo's."""
+  joints displaced by N(0, noise^2) (rad; m for the fingers) and their action labels corrected to
+  command the position targets the demonstrator commanded (env.corrected_action), so the labels steer
+  back toward the demo. The env's actions are velocity increments on the observed joints, which makes
+  this exact for the servo targets; the displaced tuples' hidden joint velocities stay the demo's."""
   def draw_displaced(key, demos):
     key, displacement_key, half_key = jax.random.split(key, 3)
     states, goals, actions = draw(key, demos)
