@@ -26,6 +26,7 @@ from envs.kitchen import physics as kitchen_physics
 from envs.kitchen import tasks
 
 ACTION_DIM = 9
+ACTION_VELOCITY = 2.0  # joint velocity (rad/s; m/s for the fingers) that an action of 1 commands
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +144,7 @@ def _metrics(completed: jax.Array, mask: jax.Array, diverged: jax.Array, nonfini
 def position_target(robot_qpos, action, pos_bounds, vel_bounds) -> jax.Array:
   """FrankaKitchen-v1's control: velocity 2 * clip(action, -1, 1), clipped to vel_bounds ([9, 2]);
   target = robot_qpos + velocity * 80 ms, clipped to pos_bounds ([9, 2])."""
-  velocity = jnp.clip(2.0 * jnp.clip(action, -1.0, 1.0), vel_bounds[:, 0], vel_bounds[:, 1])
+  velocity = jnp.clip(ACTION_VELOCITY * jnp.clip(action, -1.0, 1.0), vel_bounds[:, 0], vel_bounds[:, 1])
   return jnp.clip(robot_qpos + velocity * kitchen_model.CONTROL_DT, pos_bounds[:, 0], pos_bounds[:, 1])
 
 
@@ -153,7 +154,7 @@ def corrected_action(action: jax.Array, displacement: jax.Array) -> jax.Array:
   clipped to [-1, 1]. Exact wherever neither that clip nor position_target's bounds bind (the velocity
   bounds, +-10 rad/s, never do). A demo state perturbed this way keeps its label's intent: move back
   toward where the demonstrator was going."""
-  return jnp.clip(action - displacement / (2.0 * kitchen_model.CONTROL_DT), -1.0, 1.0)
+  return jnp.clip(action - displacement / (ACTION_VELOCITY * kitchen_model.CONTROL_DT), -1.0, 1.0)
 
 
 def _check_action(action) -> jax.Array:

@@ -32,6 +32,7 @@ import numpy as np
 from flax import struct
 from mujoco import mjx
 
+from envs.kitchen import env as kitchen_env
 from envs.kitchen import model as kitchen_model
 from envs.kitchen import tasks
 
@@ -42,7 +43,7 @@ from envs.kitchen import tasks
 VERSION = 2
 
 ARM_DOF = 7
-_STEP = 2.0 * kitchen_model.CONTROL_DT  # joint displacement per control step at action 1
+_STEP = kitchen_env.ACTION_VELOCITY * kitchen_model.CONTROL_DT  # joint displacement per control step at action 1
 _OPEN, _CLOSED = 0.04, 0.0
 _LIMIT_MARGIN = 0.05  # rad kept from the arm's joint limits
 
