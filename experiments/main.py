@@ -33,7 +33,7 @@ from ml_collections import config_flags  # noqa: E402
 matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # noqa: E402
 
-from envs.kitchen import KitchenConfig, KitchenEnv, render  # noqa: E402
+from envs.kitchen import KitchenConfig, KitchenEnv, render, tasks  # noqa: E402
 from rpl_jax import evaluation, nearest_neighbour, parallel, phases  # noqa: E402
 from rpl_jax.data import load_padded, read_element_steps  # noqa: E402
 from rpl_jax.files import write_atomic  # noqa: E402
@@ -118,6 +118,14 @@ def table(results: dict[str, dict], goals) -> str:
   return header + ''.join(f'| {name} | ' + ' | '.join(cell(s) for s in summaries) + ' |\n' for name, summaries in rows)
 
 
+def goal_note(source: str, values: evaluation.GoalValues) -> str:
+  """What the agents' goal states hold, for the report."""
+  where = {'demos': 'where the demos leave it completed', 'task': "at FrankaKitchen's goal value"}[source]
+  return (f'Goal states (`goal_values={source}`) hold each element {where}: '
+          + '; '.join(f"{e} {', '.join(f'{v:.2f}' for v in values[e])}" for e in tasks.ELEMENTS)
+          + '. Completion is judged against the goal values.')
+
+
 def main(argv, config=None, workdir: str | None = None):
   """The whole job; `config` defaults to the command line's (resolve_config), `workdir` to --workdir."""
   del argv
@@ -146,21 +154,22 @@ def main(argv, config=None, workdir: str | None = None):
   demos = load_padded(path)
   boundaries = read_element_steps(path) if config.ril.method == 'oracle' else None  # that baseline alone
   print(f'{len(demos.lengths)} demos; {env.backend} backend on {jax.devices()}', flush=True)
+  goal_values = phases.run_goal_values(workdir, configs.goal_values, demos)
   keep = dict(checkpoint_every=config.checkpoint_every, max_to_keep=config.max_to_keep)
   agent, ril_state = phases.ril(workdir, run_config, configs, demos, config.seed, config.ril.train_steps, **keep,
                                 from_workdir=config.ril.from_workdir, boundaries=boundaries)
   tuned = phases.fine_tune(workdir, run_config, configs, env, agent, ril_state, demos, config.seed,
-                           config.rrf.iterations, **keep, boundaries=boundaries)
+                           config.rrf.iterations, **keep, boundaries=boundaries, goal_values=goal_values)
   distilled = phases.distillation(workdir, run_config, configs, env, agent, ril_state, tuned, config.seed,
-                                  config.max_to_keep)
+                                  config.max_to_keep, goal_values=goal_values)
   ril_params, tuned_params, distilled, normalizers = parallel.fetch(
       (ril_state.params, tuned.params, distilled, ril_state.normalizers))
   if not parallel.is_writer():
     return  # process 0 evaluates (on its first device) and writes the report
 
   steps, episodes, key = config.eval.episode_steps, config.eval.episodes, jax.random.key(config.eval.seed)
-  shared = evaluation.make_evaluator(env, agent, steps)
-  per_goal = evaluation.make_evaluator(env, agent, steps, per_goal=True)
+  shared = evaluation.make_evaluator(env, agent, steps, values=goal_values)
+  per_goal = evaluation.make_evaluator(env, agent, steps, per_goal=True, values=goal_values)
   results = {
       IMITATION[config.ril.method]: evaluation.summarize(
           shared(ril_params, normalizers, key, configs.eval_goals, episodes)),
@@ -168,10 +177,11 @@ def main(argv, config=None, workdir: str | None = None):
           per_goal(tuned_params, normalizers, key, configs.rrf_goals, episodes)),
       'distilled': evaluation.summarize(shared(distilled, normalizers, key, configs.eval_goals, episodes)),
       'nearest neighbour': evaluation.summarize(
-          nearest_neighbour.make_evaluator(env, steps)(demos, key, configs.eval_goals, episodes)),
+          nearest_neighbour.make_evaluator(env, steps, goal_values)(demos, key, configs.eval_goals, episodes)),
   }
   gifs = [os.path.basename(path) for path in evaluation.write_videos(
-      env, agent, distilled, normalizers, configs.eval_goals[:config.eval.videos], steps, True, workdir, 'distilled')
+      env, agent, distilled, normalizers, configs.eval_goals[:config.eval.videos], steps, True, workdir, 'distilled',
+      goal_values)
   ] if config.eval.videos else []
   pngs = [] if config.ril.from_workdir else [
       curve(workdir, 'ril', ['nll_low', 'nll_high'][:len(agent.levels)],
@@ -180,14 +190,16 @@ def main(argv, config=None, workdir: str | None = None):
   pngs.append(curve(workdir, 'rrf', ['success', 'step_completion', *diagnostics],
                     f'RRF ({config.rrf.variant}), mean over {len(configs.rrf_goals)} goals', 'rrf_curve.png'))
   write_atomic(os.path.join(workdir, 'results.json'),
-               lambda f: f.write(json.dumps({'config': run_config, 'results': results}, indent=1).encode()))
+               lambda f: f.write(json.dumps({'config': run_config, 'goal_values': goal_values, 'results': results},
+                                             indent=1).encode()))
   goals = list(dict.fromkeys(configs.rrf_goals + configs.eval_goals))
   report = (f'# rpl_jax run: {workdir}\n\npreset `{config.preset}`, seed {config.seed} (evaluation seed '
             f'{config.eval.seed}), {env.backend} backend, {len(demos.lengths)} demos.\n\n'
             f'## Evaluation ({episodes} episodes per goal, {steps} steps, deterministic)\n\n'
             'Cells: success % / step completion. The RRF column covers its fine-tuned goals only; nearest '
             'neighbour replays the demo whose final state is closest to the goal, open loop. '
-            'Paper, Table 1 (17 goals, human demos): RIL 21.7 % / 2.4.\n\n' + table(results, goals) +
+            'Paper, Table 1 (17 goals, human demos): RIL 21.7 % / 2.4.\n\n' + goal_note(configs.goal_values, goal_values) + '\n\n'
+            + table(results, goals) +
             '\n## Learning curves\n\n' + ''.join(f'![{p}]({p})\n\n' for p in pngs) +
             '## Videos\n\n' + ''.join(f'- [{g}]({g})\n' for g in gifs) +
             '\n## Files\n\nmetrics_<phase>.jsonl, tensorboard/ (`tensorboard --logdir ' + os.path.join(workdir, 'tensorboard')

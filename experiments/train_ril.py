@@ -62,12 +62,13 @@ def _config(method: str) -> train.BCConfig:
       corrective_noise=_CONFIG.value.corrective_noise)
 
 
-def _trainer(env, demos, device_demos, config: train.BCConfig):
+def _trainer(env, demos, device_demos, config: train.BCConfig, goal_values):
   """`run(seed) -> (summary, agent, state)` for one method: the agent, the compiled step and the
   evaluator are built once, so further seeds reuse their compilations."""
   agent = train.make_agent(config)
   step = train.jit_train_step(agent, config)
-  evaluate = evaluation.make_evaluator(env, agent, _CONFIG.value.episode_steps, deterministic=not _CONFIG.value.stochastic)
+  evaluate = evaluation.make_evaluator(env, agent, _CONFIG.value.episode_steps, deterministic=not _CONFIG.value.stochastic,
+                                       values=goal_values)
 
   def run(seed: int):
     state = train.init_state(agent, config, demos, jax.random.key(seed))
@@ -131,10 +132,11 @@ def _plot(results: dict, path: str) -> None:
   plt.close(fig)
 
 
-def _videos(env, agent, state, workdir: str) -> None:
+def _videos(env, agent, state, workdir: str, goal_values) -> None:
   render.check_gl(env.model)
   for path in evaluation.write_videos(env, agent, state.params, state.normalizers, _goals()[:_CONFIG.value.videos],
-                                      _CONFIG.value.episode_steps, not _CONFIG.value.stochastic, workdir, 'ril'):
+                                      _CONFIG.value.episode_steps, not _CONFIG.value.stochastic, workdir, 'ril',
+                                      goal_values):
     print(f'video: {path}')
 
 
@@ -146,6 +148,9 @@ def main(argv):
                          '(experiments/compare.py runs the other baselines, e.g. oracle segmentation).')
   if _CONFIG.value.seeds < 1 or _CONFIG.value.train_steps < 1:
     raise app.UsageError('--config.seeds and --config.train_steps must be >= 1.')
+  if _CONFIG.value.goal_values not in evaluation.GOAL_SOURCES:
+    raise app.UsageError(f'--config.goal_values must be one of {evaluation.GOAL_SOURCES}, '
+                         f'got {_CONFIG.value.goal_values!r}.')
   configs = {method: _config(method) for method in _methods()}  # bad windows or sizes fail here
   for goal in _goals():
     tasks.parse_elements(goal)
@@ -155,11 +160,13 @@ def main(argv):
   env = KitchenEnv(KitchenConfig(backend=_CONFIG.value.backend, horizon=_CONFIG.value.episode_steps))
   print(f'{len(demos.lengths)} demos ({int(demos.lengths.sum())} steps) from {_CONFIG.value.demos}; {env.backend} backend')
 
+  goal_values = evaluation.goal_values(_CONFIG.value.goal_values, demos)
+  print(f'goal states ({_CONFIG.value.goal_values}): {goal_values}')
   device_demos = train.device_demos(demos)
   results = {}
   for method, config in configs.items():
     results[method] = []
-    run = _trainer(env, demos, device_demos, config)
+    run = _trainer(env, demos, device_demos, config, goal_values)
     for seed in range(_CONFIG.value.seeds):
       summary, agent, state = run(seed)
       print(f'{method} seed {seed}: success {summary["success"]:.1%}, step completion '
@@ -167,12 +174,12 @@ def main(argv):
             f'eval {summary["eval_seconds"]:.0f} s)', flush=True)
       results[method].append(summary)
       if method == 'ril' and seed == 0 and _CONFIG.value.videos:
-        _videos(env, agent, state, _WORKDIR.value)
+        _videos(env, agent, state, _WORKDIR.value, goal_values)
 
   with open(os.path.join(_WORKDIR.value, 'results.json'), 'w') as f:
     json.dump({'config': json.loads(_CONFIG.value.to_json()),
                'configs': {m: dataclasses.asdict(c) for m, c in configs.items()},
-               'results': results}, f, indent=1)
+               'goal_values': goal_values, 'results': results}, f, indent=1)
   _write_tables(_table(results), _WORKDIR.value)
   _plot(results, os.path.join(_WORKDIR.value, 'success.png'))
   print(f'wrote {_WORKDIR.value}/results.json, table.md, table.csv, success.png')

@@ -4,11 +4,16 @@ Every goal gets `episodes` episodes, each from its own reset key; all run togeth
 jitted rollout (rpl_jax.rollout.agent_rollout). An element counts as complete once it has been within
 the 0.3 threshold during the episode (the env's sticky completion, as FrankaKitchen-v1 counts it);
 success is all four. `summarize` turns the raw arrays into the tables that the experiments print.
+
+The agent is conditioned on a goal state: the reset state with the goal's elements at FrankaKitchen's
+goal values, or at `goal_values(demos)`, where the demos leave completed elements (the experiments'
+default, `goal_values='demos'`; BUILD_NOTES.md, "Goal states from the demos"). Completion is judged
+against the goal values either way.
 """
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax
@@ -16,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs.kitchen import render, tasks
+from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.rollout import Agent, agent_rollout
 
 
@@ -28,15 +34,36 @@ class Evaluation(NamedTuple):
   final_state: np.ndarray  # [G, E, 30] the last observed state
 
 
-def goal_states(goals: Sequence[str]) -> np.ndarray:
-  """[G, 30]: the reset state with each goal's elements at their goal values."""
-  return np.stack([tasks.goal_state(goal) for goal in goals]).astype(np.float32)
+GoalValues = Mapping[str, Sequence[float]]  # element -> the coordinates a goal state gives it
 
 
-def make_evaluator(env, agent: Agent, num_steps: int, deterministic: bool = True, per_goal: bool = False):
+def goal_states(goals: Sequence[str], values: GoalValues | None = None) -> np.ndarray:
+  """[G, 30]: the reset state with each goal's elements at `values` (tasks.goal_state)."""
+  return np.stack([tasks.goal_state(goal, values=values) for goal in goals]).astype(np.float32)
+
+
+GOAL_SOURCES = ('demos', 'task')  # where goal states put their elements (goal_values)
+
+
+def goal_values(source: str, demos: PaddedDemos | None = None) -> dict[str, tuple[float, ...]]:
+  """Per element, the coordinates goal states give it: for 'demos', where the demos leave it
+  completed (tasks.completed_values over their real states; FrankaKitchen's goal value for an element
+  they never complete); for 'task', FrankaKitchen's goal values."""
+  if source not in GOAL_SOURCES or (source == 'demos' and demos is None):
+    raise ValueError(f'goal values come from one of {GOAL_SOURCES} (demos given for the first), got {source!r}.')
+  values = dict(tasks.ELEMENT_GOALS)
+  if source == 'demos':
+    real = np.arange(demos.observations.shape[1])[None, :] <= np.asarray(demos.lengths)[:, None]
+    values.update(tasks.completed_values(np.asarray(demos.observations)[real][:, :tasks.NQ]))
+  return values
+
+
+def make_evaluator(env, agent: Agent, num_steps: int, deterministic: bool = True, per_goal: bool = False,
+                   values: GoalValues | None = None):
   """`evaluate(params, normalizers, key, goals, episodes) -> Evaluation`, compiled once per number
-  of goals and episodes. With `per_goal`, params are stacked per goal ([G, ...], in the order of
-  `goals`, as RRF's per-goal fine-tuning leaves them) and each goal runs its own agent."""
+  of goals and episodes; the agent is given goal_states(goals, values). With `per_goal`, params are
+  stacked per goal ([G, ...], in the order of `goals`, as RRF's per-goal fine-tuning leaves them)
+  and each goal runs its own agent."""
   rollout = functools.partial(agent_rollout, env, agent, num_steps=num_steps, deterministic=deterministic)
   if per_goal:
     rollout = jax.vmap(rollout, in_axes=(0, None, 0, 0))
@@ -49,7 +76,7 @@ def make_evaluator(env, agent: Agent, num_steps: int, deterministic: bool = True
       raise ValueError(f'per-goal params must be stacked over the {len(goals)} goals on their leading axis.')
     batch = shape if per_goal else (len(goals) * episodes,)
     keys = jax.random.split(key, batch)
-    states = jnp.asarray(np.repeat(goal_states(goals), episodes, axis=0)).reshape(batch + (tasks.NQ,))
+    states = jnp.asarray(np.repeat(goal_states(goals, values), episodes, axis=0)).reshape(batch + (tasks.NQ,))
     return from_trajectory(goals, episodes, rollout(params, normalizers, keys, states))
 
   return evaluate
@@ -93,12 +120,12 @@ def summarize(evaluation: Evaluation) -> dict:
 
 
 def write_videos(env, agent: Agent, params, normalizers, goals: Sequence[str], num_steps: int, deterministic: bool,
-                 directory: str, prefix: str) -> list[str]:
+                 directory: str, prefix: str, values: GoalValues | None = None) -> list[str]:
   """One episode per goal rendered as `<directory>/<prefix>_<goal>.gif` (every 2nd state, from reset
   key 0); returns the paths. Needs an offscreen OpenGL platform (envs.kitchen.render)."""
   goals = tuple(goals)
   trajectory = agent_rollout(env, agent, params, normalizers, jax.random.split(jax.random.key(0), len(goals)),
-                             jnp.asarray(goal_states(goals)), num_steps, deterministic=deterministic)
+                             jnp.asarray(goal_states(goals, values)), num_steps, deterministic=deterministic)
   paths = []
   # Observations carry the env's small observation noise (about 1e-3); close enough to draw.
   for goal, observations in zip(goals, np.asarray(trajectory.observations)):

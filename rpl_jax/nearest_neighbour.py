@@ -31,9 +31,10 @@ def nearest_demo(demos: PaddedDemos, goal: jax.Array) -> jax.Array:
   return jnp.argmin(goal_distances(demos, goal))
 
 
-def make_evaluator(env, num_steps: int):
-  """`evaluate(demos, key, goals, episodes) -> evaluation.Evaluation`: per goal, its nearest demo's
-  actions replayed from `episodes` resets (keys differ, so do reset and observation noise)."""
+def make_evaluator(env, num_steps: int, values: evaluation.GoalValues | None = None):
+  """`evaluate(demos, key, goals, episodes) -> evaluation.Evaluation`: per goal (the state
+  evaluation.goal_states(goals, values)), its nearest demo's actions replayed from `episodes` resets
+  (keys differ, so do reset and observation noise)."""
   def replay(demos, key, goal):
     index = nearest_demo(demos, goal)
     return open_loop_rollout(env, demos.actions[index], demos.lengths[index], key, goal, num_steps)
@@ -42,7 +43,7 @@ def make_evaluator(env, num_steps: int):
 
   def evaluate(demos: PaddedDemos, key: jax.Array, goals: Sequence[str], episodes: int) -> evaluation.Evaluation:
     goals = evaluation.check_goals(goals, episodes)
-    states = jnp.asarray(np.repeat(evaluation.goal_states(goals), episodes, axis=0))
+    states = jnp.asarray(np.repeat(evaluation.goal_states(goals, values), episodes, axis=0))
     return evaluation.from_trajectory(goals, episodes, rollout(demos, jax.random.split(key, len(states)), states))
 
   return evaluate

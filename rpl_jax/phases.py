@@ -17,7 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +27,10 @@ from ml_collections import config_dict
 
 from envs.kitchen import ACTION_DIM, tasks
 from envs.kitchen import physics as kitchen_physics
-from rpl_jax import awopt, distill, networks, npg, parallel, relabel, rrf, train
+from rpl_jax import awopt, distill, evaluation, networks, npg, parallel, relabel, rrf, train
 from rpl_jax.checkpoint import Checkpointer, load_state, read_config
 from rpl_jax.data.demos import PaddedDemos
+from rpl_jax.files import write_atomic
 from rpl_jax.logs import MetricsLogger, Progress
 from rpl_jax.relabel import RelabelConfig
 
@@ -41,6 +42,7 @@ class RunConfigs:
   distill: distill.DistillConfig
   rrf_goals: tuple[str, ...]
   eval_goals: tuple[str, ...]
+  goal_values: str  # evaluation.GOAL_SOURCES: where goal states put their elements
   mesh: Mesh  # RIL splits its minibatches over all devices; RRF its goals and envs over the goal and data axes
 
 
@@ -89,12 +91,15 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
     if value < 1:
       raise ValueError(f'{name} must be >= 1, got {value}.')
   check_backend(config.backend)
+  goal_values = config.get('goal_values', 'task')  # runs saved before the key used the task's values
+  if goal_values not in evaluation.GOAL_SOURCES:
+    raise ValueError(f'goal_values must be one of {evaluation.GOAL_SOURCES}, got {goal_values!r}.')
   rrf_goals = goal_list(r.goals)
   mesh = parallel.make_mesh(data=config.mesh.data, goal=config.mesh.goal)
   parallel.check_divisible(mesh, parallel.AXES, **{'ril.batch_size': config.ril.batch_size})
   parallel.check_divisible(mesh, (parallel.GOAL,), **{'the number of rrf.goals': len(rrf_goals)})
   parallel.check_divisible(mesh, (parallel.DATA,), **{'rrf.num_envs': r.num_envs, 'rrf.bc_batch_size': r.bc_batch_size})
-  return RunConfigs(bc, fine_tuning, distillation, rrf_goals, goal_list(config.eval.goals), mesh)
+  return RunConfigs(bc, fine_tuning, distillation, rrf_goals, goal_list(config.eval.goals), goal_values, mesh)
 
 
 def check_backend(backend: str) -> None:
@@ -200,14 +205,15 @@ def rrf_scalars(metrics: dict[str, np.ndarray], goals: tuple[str, ...]) -> dict[
 
 def fine_tune(workdir: str, run_config: dict, configs: RunConfigs, env, agent, ril_state: train.BCState, demos,
               seed: int, iterations: int, checkpoint_every: int, max_to_keep: int,
-              boundaries: np.ndarray | None = None):
+              boundaries: np.ndarray | None = None, goal_values: evaluation.GoalValues | None = None):
   """Per-goal fine-tuning (RRF, or AW-Opt) of every goal in configs.rrf_goals at once (the step
-  vmapped over goals). Returns the final per-goal state (leading axis: goals)."""
+  vmapped over goals), each toward its evaluation.goal_states(goals, goal_values). Returns the final
+  per-goal state (leading axis: goals)."""
   config, goals = configs.rrf, configs.rrf_goals
   init_state, make_step = _trainer(config)
   keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), len(goals))
   state = jax.vmap(lambda k: init_state(agent, config, ril_state.params, ril_state.normalizers, k))(keys)
-  goal_states = jnp.asarray(np.stack([tasks.goal_state(g) for g in goals]), jnp.float32)
+  goal_states = jnp.asarray(evaluation.goal_states(goals, goal_values))
   mesh = configs.mesh
   state, goal_states = parallel.put((state, goal_states), mesh, parallel.GOAL)
   device_demos = parallel.put(train.training_data(config.pretrain, demos, boundaries), mesh) if config.uses_demos \
@@ -219,11 +225,11 @@ def fine_tune(workdir: str, run_config: dict, configs: RunConfigs, env, agent, r
 
 
 def distillation(workdir: str, run_config: dict, configs: RunConfigs, env, agent, ril_state: train.BCState,
-                 tuned, seed: int, max_to_keep: int) -> dict[str, Any]:
-  """One multi-goal agent from the per-goal agents' rollouts, starting from the RIL parameters.
-  Returns its params (normalizers: RIL's)."""
+                 tuned, seed: int, max_to_keep: int, goal_values: evaluation.GoalValues | None = None) -> dict[str, Any]:
+  """One multi-goal agent from the per-goal agents' rollouts (toward evaluation.goal_states(goals,
+  goal_values)), starting from the RIL parameters. Returns its params (normalizers: RIL's)."""
   config, goals = configs.distill, configs.rrf_goals
-  goal_states = jnp.asarray(np.stack([tasks.goal_state(g) for g in goals]), jnp.float32)
+  goal_states = jnp.asarray(evaluation.goal_states(goals, goal_values))
   collect = jax.jit(functools.partial(distill.collect, env, agent, episodes=config.episodes_per_goal,
                                       num_steps=configs.rrf.episode_steps, levels=configs.rrf.levels))
   fit = jax.jit(distill.make_distill(agent, config))
@@ -253,25 +259,53 @@ def _ril_target(agent, bc: train.BCConfig) -> train.BCState:
   return train.init_state(agent, bc, train.training_data(bc.method, placeholder, boundaries), jax.random.key(0))
 
 
-def load_policy(workdir: str, phase: str = 'distill') -> tuple[Any, dict[str, Any], dict[str, Any], tuple[str, ...]]:
-  """(agent, params, normalizers, goals) of a main-job run directory alone, from the final checkpoint
-  of `phase`: 'ril' and 'distill' give one agent for every goal (goals: the run's eval goals),
-  'rrf' the per-goal agents, params stacked over `goals` (the run's rrf goals)."""
+class Policy(NamedTuple):
+  agent: Any
+  params: dict[str, Any]
+  normalizers: dict[str, Any]
+  goals: tuple[str, ...]
+  goal_values: dict[str, tuple[float, ...]]  # the element values of the run's goal states
+
+
+GOAL_VALUES_FILE = 'goal_values.json'  # in a run directory: {"source": ..., "values": {element: [...]}}
+
+
+def run_goal_values(workdir: str, source: str, demos: PaddedDemos) -> dict[str, tuple[float, ...]]:
+  """evaluation.goal_values(source, demos), also written to <workdir>/goal_values.json for load_policy."""
+  values = evaluation.goal_values(source, demos)
+  if parallel.is_writer():
+    write_atomic(os.path.join(workdir, GOAL_VALUES_FILE),
+                 lambda f: f.write(json.dumps({'source': source, 'values': values}, indent=1).encode()))
+  return values
+
+
+def load_policy(workdir: str, phase: str = 'distill') -> Policy:
+  """A main-job run directory's agent, from the final checkpoint of `phase`: 'ril' and 'distill' give
+  one agent for every goal (goals: the run's eval goals), 'rrf' the per-goal agents, params stacked
+  over `goals` (the run's rrf goals). Evaluate it with the run's goal values to get its numbers."""
   if phase not in ('ril', 'rrf', 'distill'):
     raise ValueError(f"phase must be 'ril', 'rrf' or 'distill', got {phase!r}.")
   config = config_dict.ConfigDict(read_config(os.path.join(workdir, phase, 'checkpoints')))
   configs = build(config)
+  if configs.goal_values == 'task':
+    goal_values = evaluation.goal_values('task')
+  else:
+    path = os.path.join(workdir, GOAL_VALUES_FILE)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{path} is missing: the run used goal_values=demos, and main.py writes them there.')
+    with open(path) as f:
+      goal_values = {element: tuple(v) for element, v in json.load(f)['values'].items()}
   agent = train.make_agent(configs.bc)
   ril_dir = os.path.join(config.ril.get('from_workdir') or workdir, 'ril', 'checkpoints')  # older runs lack the key
   ril_state = load_state(ril_dir, _ril_target(agent, configs.bc))
   if phase == 'ril':
-    return agent, ril_state.params, ril_state.normalizers, configs.eval_goals
+    return Policy(agent, ril_state.params, ril_state.normalizers, configs.eval_goals, goal_values)
   if phase == 'distill':
     target = {'params': ril_state.params, 'key': jax.random.key(0)}
-    return agent, load_state(os.path.join(workdir, 'distill', 'checkpoints'), target)['params'], \
-        ril_state.normalizers, configs.eval_goals
+    return Policy(agent, load_state(os.path.join(workdir, 'distill', 'checkpoints'), target)['params'],
+                  ril_state.normalizers, configs.eval_goals, goal_values)
   keys = jax.random.split(jax.random.key(0), len(configs.rrf_goals))
   init_state = _trainer(configs.rrf)[0]
   target = jax.vmap(lambda k: init_state(agent, configs.rrf, ril_state.params, ril_state.normalizers, k))(keys)
   tuned = load_state(os.path.join(workdir, 'rrf', 'checkpoints'), target)
-  return agent, tuned.params, ril_state.normalizers, configs.rrf_goals
+  return Policy(agent, tuned.params, ril_state.normalizers, configs.rrf_goals, goal_values)

@@ -19,7 +19,7 @@ from ml_collections import config_dict
 
 from envs.kitchen import KitchenConfig, KitchenEnv, expert
 from rpl_jax import evaluation, phases
-from rpl_jax.data.demos import read_metadata
+from rpl_jax.data.demos import load_padded, read_metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, 'experiments', 'main.py')
@@ -55,6 +55,7 @@ def smoke() -> config_dict.ConfigDict:
     (lambda c: setattr(c.rrf, 'iterations', 0), 'rrf.iterations must be >= 1'),
     (lambda c: setattr(c.rrf, 'buffer_episodes', 1), 'must hold one iteration'),
     (lambda c: setattr(c.ril, 'corrective_noise', -0.1), 'corrective_noise must be'),
+    (lambda c: setattr(c, 'goal_values', 'human'), 'goal_values must be one of'),
 ])
 def test_invalid_configs_fail_with_a_message(change, message):
   config = smoke()
@@ -139,7 +140,8 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_preset_writes_the_report(smoke_run):
   report = (smoke_run / 'report.md').read_text()
-  for text in ('## Evaluation', 'RIL', 'RRF per goal (iril)', 'distilled', 'rrf_curve.png', '"preset": "smoke"'):
+  for text in ('## Evaluation', 'RIL', 'RRF per goal (iril)', 'distilled', 'rrf_curve.png', '"preset": "smoke"',
+               'Goal states (`goal_values=demos`)'):
     assert text in report
   assert glob.glob(str(smoke_run / '*.png'))
   for phase in ('ril', 'rrf', 'distill'):
@@ -310,6 +312,8 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
   assert [row.split(',')[0] for row in rows[1:]] == ['RIL', 'GCBC with relabeling', 'GCBC without relabeling']
   results = json.loads((tmp_path / 'table' / 'results.json').read_text())
   assert all(results['configs'][m]['corrective_noise'] == 0.05 for m in ('ril', 'gcbc', 'gcbc_final'))
+  demo_values = evaluation.goal_values('demos', load_padded(str(smoke_run / 'demos')))
+  assert {e: tuple(v) for e, v in results['goal_values'].items()} == demo_values != evaluation.goal_values('task')
   assert (tmp_path / 'table' / 'success.png').stat().st_size > 0
   refused = train_ril(tmp_path / 'oracle', '--config.methods=ril,oracle')
   assert refused.returncode != 0 and 'not in Table 1' in refused.stderr and 'compare.py' in refused.stderr
@@ -323,8 +327,10 @@ def test_policies_load_from_the_run_directory_alone(smoke_run):
   env = KitchenEnv(KitchenConfig(backend='cpu', horizon=config['eval']['episode_steps']))
   key = jax.random.key(config['eval']['seed'])
   for phase, name in (('distill', 'distilled'), ('rrf', 'RRF per goal (iril)'), ('ril', 'RIL')):
-    agent, params, normalizers, goals = phases.load_policy(str(smoke_run), phase)
-    evaluate = evaluation.make_evaluator(env, agent, config['eval']['episode_steps'], per_goal=phase == 'rrf')
+    agent, params, normalizers, goals, goal_values = phases.load_policy(str(smoke_run), phase)
+    assert goal_values == evaluation.goal_values('demos', load_padded(str(smoke_run / 'demos')))
+    evaluate = evaluation.make_evaluator(env, agent, config['eval']['episode_steps'], per_goal=phase == 'rrf',
+                                         values=goal_values)
     summary = evaluation.summarize(evaluate(params, normalizers, key, goals, config['eval']['episodes']))
     assert summary == results[name]
   with pytest.raises(ValueError, match='phase must be'):

@@ -274,6 +274,31 @@ def test_evaluation_runs_every_goal_and_episode(kitchen):
     evaluate(state.params, state.normalizers, jax.random.key(0), ['kettle-toaster'], episodes=1)
 
 
+def test_goal_values_from_the_demos_ignore_padding_and_reach_the_agent(kitchen):
+  """Demo 0 ends (one real completed state) at microwave -0.5 and is padded with that state; demo 1
+  holds -0.7 for three states. The real completed states' median is -0.7; with the padding it would be -0.5."""
+  states = np.repeat(tasks.INIT_QPOS[None].astype(np.float32), 11, axis=0)
+  short, long = states[:3].copy(), states.copy()
+  short[2, 22] = -0.5
+  long[8:, 22] = -0.7
+  demos = pad_demos([Demo(short, np.zeros((2, ACTION_DIM), np.float32)), Demo(long, np.zeros((10, ACTION_DIM), np.float32))])
+  values = evaluation.goal_values('demos', demos)
+  assert values['microwave'] == pytest.approx((-0.7,)) and values['kettle'] == tasks.ELEMENT_GOALS['kettle']
+  assert evaluation.goal_values('task') == tasks.ELEMENT_GOALS
+  for bad in (('human', demos), ('demos', None)):
+    with pytest.raises(ValueError, match='goal values come from'):
+      evaluation.goal_values(*bad)
+  np.testing.assert_allclose(evaluation.goal_states(['microwave-kettle'], values)[0, 22], -0.7)
+
+  config = _config('gcbc')
+  agent = train.make_agent(config)
+  state = train.init_state(agent, config, _demos(), jax.random.key(0))
+  finals = [evaluation.make_evaluator(kitchen, agent, num_steps=6, values=v)(
+      state.params, state.normalizers, jax.random.key(0), ['microwave-kettle-topknob-hinge'], episodes=1).final_state
+      for v in (None, values)]
+  assert not np.array_equal(*finals), 'the goal values must reach the policy'
+
+
 def test_summarize_matches_hand_counts():
   goals = ('kettle-bottomknob-hinge-slide', 'microwave-kettle-topknob-switch')
   completion = np.zeros((2, 2, 7), bool)

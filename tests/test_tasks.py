@@ -73,3 +73,28 @@ def test_unknown_and_bad_goals():
   with pytest.raises(ValueError, match='shape'):
     tasks.goal_state('kettle', base=np.zeros(29))
   assert tasks.parse_elements(['bottom burner', 'switch']) == ('bottom burner', 'light switch')
+
+
+def test_completed_values_are_medians_over_the_completed_states_only():
+  """Brute force: per element, the median of its coordinates over exactly the states where it is
+  within the threshold of its goal value; an element never complete has no entry."""
+  rng = np.random.default_rng(0)
+  base = np.repeat(tasks.INIT_QPOS[None], 400, axis=0)
+  microwave, kettle = tasks.ELEMENT_INDICES['microwave'], list(tasks.ELEMENT_INDICES['kettle'])
+  base[:, microwave[0]] = rng.uniform(-0.9, 0.0, 400)  # about half of them within 0.3 of -0.75
+  base[:200, kettle] = np.asarray(tasks.ELEMENT_GOALS['kettle']) + rng.uniform(-0.05, 0.05, (200, 7))
+  values = tasks.completed_values(base)
+  assert set(values) == {'microwave', 'kettle'}
+  inside = np.abs(base[:, microwave[0]] + 0.75) < 0.3
+  assert values['microwave'] == pytest.approx((float(np.median(base[inside, microwave[0]])),))
+  assert values['kettle'] == pytest.approx(tuple(np.median(base[:200][:, kettle], axis=0)))
+
+
+def test_goal_state_places_elements_at_the_given_values():
+  values = {'microwave': (-0.6,), 'slide cabinet': (0.12,)}
+  state = tasks.goal_state('microwave-kettle-slide', values=values)
+  assert state[22] == -0.6 and state[19] == 0.12
+  np.testing.assert_allclose(state[list(tasks.ELEMENT_INDICES['kettle'])], tasks.ELEMENT_GOALS['kettle'])
+  np.testing.assert_array_equal(np.delete(state, [19, 22, *tasks.ELEMENT_INDICES['kettle']]),
+                                np.delete(tasks.INIT_QPOS, [19, 22, *tasks.ELEMENT_INDICES['kettle']]))
+  np.testing.assert_array_equal(tasks.goal_mask(jnp.asarray(state)), tasks.element_mask('microwave-kettle-slide'))

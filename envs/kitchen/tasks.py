@@ -6,7 +6,7 @@ element orderings of the RPL demonstrations (DESIGN.md section 1). All predicate
 functions of a `[..., 30]` state, so they batch and jit.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -93,15 +93,38 @@ def element_mask(goal: str | Sequence[str]) -> np.ndarray:
   return np.array([e in chosen for e in ELEMENTS])
 
 
-def goal_state(goal: str | Sequence[str], base: np.ndarray = INIT_QPOS) -> np.ndarray:
-  """A 30-d goal state: `base` (default: the reset state) with the goal's elements at their goal values."""
+def goal_state(goal: str | Sequence[str], base: np.ndarray = INIT_QPOS,
+               values: Mapping[str, Sequence[float]] | None = None) -> np.ndarray:
+  """A 30-d goal state: `base` (default: the reset state) with the goal's elements at `values[element]`
+  where given (e.g. the demos' `completed_values`), else at their goal values."""
   base = np.asarray(base, dtype=np.float64)
   if base.shape != (NQ,):
     raise ValueError(f'base state must have shape ({NQ},), got {base.shape}.')
+  values = {**ELEMENT_GOALS, **(values or {})}
   state = base.copy()
   for element in parse_elements(goal):
-    state[list(ELEMENT_INDICES[element])] = ELEMENT_GOALS[element]
+    state[list(ELEMENT_INDICES[element])] = values[element]
   return state
+
+
+def completed_values(states: np.ndarray) -> dict[str, tuple[float, ...]]:
+  """Per element complete in some of `states` ([..., 30]): the median of its coordinates over those
+  states, i.e. where the data leaves a completed element. Elements never complete are left out.
+
+  FrankaKitchen's goal values are where the human demos left each element; a policy imitating other
+  demos (our scripted play stops an element soon after it passes the 0.3 threshold: the slide cabinet
+  at 0.11, not 0.37) has never seen a state with those values, and goal states built from them are
+  far outside its training distribution. Completion is still judged against the goal values."""
+  states = np.asarray(states, np.float64).reshape(-1, NQ)
+  complete = np.asarray(element_completion(states))
+  values = {}
+  for i, element in enumerate(ELEMENTS):
+    if complete[:, i].any():
+      median = np.median(states[complete[:, i]][:, list(ELEMENT_INDICES[element])], axis=0)
+      if not element_completion(goal_state([element], values={element: median}))[i]:
+        raise ValueError(f'the median completed {element!r} coordinates {median} are not themselves complete.')
+      values[element] = tuple(float(v) for v in median)
+  return values
 
 
 def element_distances(qpos: jnp.ndarray, target: jnp.ndarray | None = None) -> jnp.ndarray:
