@@ -67,8 +67,8 @@ def _trainer(env, demos, device_demos, config: train.BCConfig, goal_values):
   evaluator are built once, so further seeds reuse their compilations."""
   agent = train.make_agent(config)
   step = train.jit_train_step(agent, config)
-  evaluate = evaluation.make_evaluator(env, agent, _CONFIG.value.episode_steps, deterministic=not _CONFIG.value.stochastic,
-                                       values=goal_values)
+  evaluate = evaluation.make_evaluator(env, agent, _CONFIG.value.episode_steps,
+                                       deterministic=not _CONFIG.value.stochastic, values=goal_values)
 
   def run(seed: int):
     state = train.init_state(agent, config, demos, jax.random.key(seed))

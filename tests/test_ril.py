@@ -281,7 +281,8 @@ def test_goal_values_from_the_demos_ignore_padding_and_reach_the_agent(kitchen):
   short, long = states[:3].copy(), states.copy()
   short[2, 22] = -0.5
   long[8:, 22] = -0.7
-  demos = pad_demos([Demo(short, np.zeros((2, ACTION_DIM), np.float32)), Demo(long, np.zeros((10, ACTION_DIM), np.float32))])
+  demos = pad_demos([Demo(short, np.zeros((2, ACTION_DIM), np.float32)),
+                     Demo(long, np.zeros((10, ACTION_DIM), np.float32))])
   values = evaluation.goal_values('demos', demos)
   assert values['microwave'] == pytest.approx((-0.7,)) and values['kettle'] == tasks.ELEMENT_GOALS['kettle']
   assert evaluation.goal_values('task') == tasks.ELEMENT_GOALS
