@@ -6,9 +6,9 @@ the 0.3 threshold during the episode (the env's sticky completion, as FrankaKitc
 success is all four. `summarize` turns the raw arrays into the tables that the experiments print.
 
 The agent is conditioned on a goal state: the reset state with the goal's elements at FrankaKitchen's
-goal values, or at `goal_values(demos)`, where the demos leave completed elements (the experiments'
-default, `goal_values='demos'`; BUILD_NOTES.md, "Goal states from the demos"). Completion is judged
-against the goal values either way.
+goal values, or at `goal_values('demos', demos)`, where the demos leave completed elements (the
+experiments' default; BUILD_NOTES.md, "Goal states from the demos"). Completion is judged against the
+goal values either way.
 """
 
 import functools
