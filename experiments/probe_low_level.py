@@ -46,11 +46,12 @@ _IN_SAMPLE = flags.DEFINE_boolean(
     'in_sample', False, 'Train on the held-out demos too: closed loop on training demos, which separates '
     'compounding error from generalisation.')
 _CORRECTIVE = flags.DEFINE_float('corrective_noise', 0.0, 'train.BCConfig.corrective_noise (rad).')
+_SUBGOAL_NOISE = flags.DEFINE_float('subgoal_noise', 0.0, 'train.BCConfig.subgoal_noise (rad).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Training seed.')
 _OUT = flags.DEFINE_string('out', None, 'JSON output path.')
 
 DEVIATION_STEPS = (10, 20, 40, 80)
-ARM = slice(0, 7)
+ARM = slice(0, tasks.ARM_DOF)
 
 
 def dataset_env(meta: dict) -> KitchenEnv:
@@ -74,7 +75,8 @@ def train_low(demos: PaddedDemos):
   exactly RIL's low level)."""
   window = _WINDOW.value
   config = train.BCConfig(method='gcbc', relabel=relabel.RelabelConfig(window, window, 1),
-                          updates_per_step=100, relative_goals=_RELATIVE.value, corrective_noise=_CORRECTIVE.value)
+                          updates_per_step=100, relative_goals=_RELATIVE.value, corrective_noise=_CORRECTIVE.value,
+                          subgoal_noise=_SUBGOAL_NOISE.value)
   agent = train.make_agent(config)
   data = train.training_data(config.method, demos)
   state = train.init_state(agent, config, data, jax.random.key(_SEED.value))
@@ -139,6 +141,7 @@ def main(argv):
       'in_sample': _IN_SAMPLE.value, 'window': _WINDOW.value,
       'updates': int(state.updates), 'relative_goals': _RELATIVE.value, 'track_progress': _TRACK.value,
       'seed': _SEED.value, 'corrective_noise': _CORRECTIVE.value,
+      'subgoal_noise': _SUBGOAL_NOISE.value,
       'episode_steps': _STEPS.value, 'train_seconds': round(train_seconds, 1),
       'replayed_elements_per_episode': float(np.mean(replayed.step_completion[:, -1])),
       'elements_per_episode': float(np.mean(probed.step_completion[:, -1])),

@@ -59,7 +59,7 @@ def _config(method: str) -> train.BCConfig:
       policy=networks.PolicyConfig(hidden=tuple(_CONFIG.value.hidden)),
       batch_size=_CONFIG.value.batch_size, updates_per_step=_CONFIG.value.updates_per_step,
       learning_rate=_CONFIG.value.learning_rate, relative_goals=_CONFIG.value.relative_goals,
-      corrective_noise=_CONFIG.value.corrective_noise)
+      corrective_noise=_CONFIG.value.corrective_noise, subgoal_noise=_CONFIG.value.subgoal_noise)
 
 
 def _trainer(env, demos, device_demos, config: train.BCConfig, goal_values):

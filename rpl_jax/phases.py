@@ -66,7 +66,9 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
   bc = train.BCConfig(method=config.ril.method, relabel=windows, policy=networks.PolicyConfig(hidden=tuple(config.ril.hidden)),
                       batch_size=config.ril.batch_size, updates_per_step=config.ril.updates_per_step,
                       learning_rate=config.ril.learning_rate, relative_goals=_relative_goals(config),
-                      corrective_noise=config.ril.get('corrective_noise', 0.0))  # 0 in runs saved before the key
+                      # 0 in runs saved before the keys existed
+                      corrective_noise=config.ril.get('corrective_noise', 0.0),
+                      subgoal_noise=config.ril.get('subgoal_noise', 0.0))
   r = config.rrf
   if r.variant == 'awopt':
     a = config.awopt

@@ -55,6 +55,7 @@ def smoke() -> config_dict.ConfigDict:
     (lambda c: setattr(c.rrf, 'iterations', 0), 'rrf.iterations must be >= 1'),
     (lambda c: setattr(c.rrf, 'buffer_episodes', 1), 'must hold one iteration'),
     (lambda c: setattr(c.ril, 'corrective_noise', -0.1), 'corrective_noise must be'),
+    (lambda c: setattr(c.ril, 'subgoal_noise', float('nan')), 'subgoal_noise must be'),
     (lambda c: setattr(c, 'goal_values', 'human'), 'goal_values must be one of'),
 ])
 def test_invalid_configs_fail_with_a_message(change, message):
@@ -305,7 +306,7 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
                            '--config.updates_per_step=2', '--config.window_low=5', '--config.window_high=20',
                            '--config.horizon=5', '--config.eval_episodes=1', '--config.episode_steps=10',
                            '--config.goals=microwave-kettle-topknob-hinge', '--config.backend=cpu',
-                           '--config.corrective_noise=0.05', *flags],
+                           '--config.corrective_noise=0.05', '--config.subgoal_noise=0.2', *flags],
                           cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
 
   process = train_ril(tmp_path / 'table')
@@ -313,7 +314,8 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
   rows = (tmp_path / 'table' / 'table.csv').read_text().splitlines()
   assert [row.split(',')[0] for row in rows[1:]] == ['RIL', 'GCBC with relabeling', 'GCBC without relabeling']
   results = json.loads((tmp_path / 'table' / 'results.json').read_text())
-  assert all(results['configs'][m]['corrective_noise'] == 0.05 for m in ('ril', 'gcbc', 'gcbc_final'))
+  assert all(results['configs'][m]['corrective_noise'] == 0.05 and results['configs'][m]['subgoal_noise'] == 0.2
+             for m in ('ril', 'gcbc', 'gcbc_final'))
   demo_values = evaluation.goal_values('demos', load_padded(str(smoke_run / 'demos')))
   assert {e: tuple(v) for e, v in results['goal_values'].items()} == demo_values != evaluation.goal_values('task')
   assert (tmp_path / 'table' / 'success.png').stat().st_size > 0

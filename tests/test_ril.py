@@ -145,8 +145,9 @@ def test_bad_configs_fail_before_compiling():
   with pytest.raises(ValueError, match='batch_size'):
     train.BCConfig(batch_size=0)
   for noise in (-0.1, float('nan'), float('inf')):
-    with pytest.raises(ValueError, match='corrective_noise'):
-      train.BCConfig(corrective_noise=noise)
+    for name in ('corrective_noise', 'subgoal_noise'):
+      with pytest.raises(ValueError, match=name):
+        train.BCConfig(**{name: noise})
   config = train.BCConfig(relabel=relabel.RelabelConfig(30, 260, 30), policy=SMALL)
   with pytest.raises(ValueError):
     train.init_state(train.make_agent(config), config, _demos(lengths=(40, 50)), jax.random.key(0))
@@ -173,11 +174,26 @@ def test_corrective_noise_displaces_half_the_tuples_and_keeps_their_servo_target
   assert np.all(np.abs(actions) <= 1)
 
 
-def test_training_with_corrective_noise_still_fits_the_demos():
+def test_subgoal_noise_moves_only_the_goals_arm_joints():
+  draw = train.samplers('ril', relabel.RelabelConfig(5, 20, 4), 4096)['low'].draw
+  demos, key, noise = train.device_demos(_demos()), jax.random.key(5), 0.3
+  states, goals, actions = (np.asarray(x) for x in train.noisy_goals(draw, noise)(key, demos))
+  plain_states, plain_goals, plain_actions = (np.asarray(x) for x in draw(jax.random.split(key)[0], demos))
+  np.testing.assert_array_equal(states, plain_states)
+  np.testing.assert_array_equal(actions, plain_actions)
+  np.testing.assert_array_equal(goals[:, tasks.ARM_DOF:], plain_goals[:, tasks.ARM_DOF:])
+  offsets = goals[:, :tasks.ARM_DOF] - plain_goals[:, :tasks.ARM_DOF]
+  # 4096 x 7 standard normals scaled by 0.3: mean and std within 4 standard errors, joints uncorrelated.
+  assert abs(offsets.mean()) < 4 * noise / np.sqrt(offsets.size)
+  np.testing.assert_allclose(offsets.std(), noise, rtol=4 / np.sqrt(2 * offsets.size))
+  assert np.abs(np.corrcoef(offsets.T) - np.eye(tasks.ARM_DOF)).max() < 0.07
+
+
+def test_training_with_either_noise_still_fits_the_demos():
   demos = _demos()
   trained = {}
-  for noise in (0.0, 0.01):
-    config = _config(updates_per_step=25, learning_rate=3e-3, corrective_noise=noise)
+  for name, noise in {'clean': {}, 'corrective': {'corrective_noise': 0.01}, 'subgoal': {'subgoal_noise': 0.05}}.items():
+    config = _config(updates_per_step=25, learning_rate=3e-3, **noise)
     agent = train.make_agent(config)
     state = train.init_state(agent, config, demos, jax.random.key(0))
     before = _dataset_log_likelihood(agent, state, demos, config)
@@ -185,9 +201,10 @@ def test_training_with_corrective_noise_still_fits_the_demos():
     for _ in range(8):
       state, _ = step(state, train.device_demos(demos))
     after = _dataset_log_likelihood(agent, state, demos, config)
-    assert after['low'] > before['low'] + 5 and after['high'] > before['high'] + 5, (noise, before, after)
-    trained[noise] = state.params
-  assert not np.allclose(trained[0.0]['low']['log_std'], trained[0.01]['low']['log_std'])  # the noise is wired in
+    assert after['low'] > before['low'] + 5 and after['high'] > before['high'] + 5, (name, before, after)
+    trained[name] = state.params
+  for name in ('corrective', 'subgoal'):  # the noise is wired in: the low level trains differently
+    assert not np.allclose(trained['clean']['low']['log_std'], trained[name]['low']['log_std']), name
 
 
 # --- hierarchical rollout -------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from envs.kitchen import tasks
 # right.
 VERSION = 2
 
-ARM_DOF = 7
+ARM_DOF = tasks.ARM_DOF
 _STEP = kitchen_env.ACTION_VELOCITY * kitchen_model.CONTROL_DT  # joint displacement per control step at action 1
 _OPEN, _CLOSED = 0.04, 0.0
 _LIMIT_MARGIN = 0.05  # rad kept from the arm's joint limits

@@ -13,6 +13,7 @@ import numpy as np
 
 NQ = 30  # 9 robot joints (7 arm, 2 fingers) + 21 object coordinates.
 ROBOT_DOF = 9
+ARM_DOF = 7  # the robot joints before the two fingers
 THRESHOLD = 0.3
 
 ELEMENTS = ('bottom burner', 'top burner', 'light switch', 'slide cabinet', 'hinge cabinet', 'microwave', 'kettle')

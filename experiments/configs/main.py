@@ -77,6 +77,7 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   config.ril.relative_goals = False  # goals enter the networks as offsets from the state
   # rad: robot joints of half the low level's tuples displaced, labels corrected (train.BCConfig)
   config.ril.corrective_noise = 0.0
+  config.ril.subgoal_noise = 0.0  # rad: noise on the arm joints of the low level's goals (train.BCConfig)
 
   config.rrf = config_dict.ConfigDict()
   config.rrf.variant = 'dapg'  # npg | dapg | iril, or awopt (AW-Opt-style, a flat agent: ril.method gcbc or gcbc_final)
