@@ -178,8 +178,8 @@ def corrected(draw: Callable, noise: float) -> Callable:
 def noisy_goals(draw: Callable, noise: float) -> Callable:
   """The action level's `draw` with N(0, noise^2) (rad) added to the arm joints of every goal, the
   labels kept. Algorithm 2's goals are exact demo states, but at run time a learned high level's
-  subgoals miss the demos' arm postures (by a median 0.14-0.23 rad, the worst arm joint, on our play data:
-  BUILD_NOTES, "Subgoal noise"), so this trains the level to act on goals that imprecise."""
+  subgoals miss the demos' arm postures (on our play data by a median 0.14-0.23 rad at the worst arm
+  joint: BUILD_NOTES, "Subgoal noise"), so this trains the level to act on goals that imprecise."""
   def draw_noisy(key, demos):
     key, noise_key = jax.random.split(key)
     states, goals, actions = draw(key, demos)

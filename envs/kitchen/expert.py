@@ -42,7 +42,6 @@ from envs.kitchen import tasks
 # right.
 VERSION = 2
 
-ARM_DOF = tasks.ARM_DOF
 _STEP = kitchen_env.ACTION_VELOCITY * kitchen_model.CONTROL_DT  # joint displacement per control step at action 1
 _OPEN, _CLOSED = 0.04, 0.0
 _LIMIT_MARGIN = 0.05  # rad kept from the arm's joint limits
@@ -199,10 +198,10 @@ class Expert:
     self._masks, self._goal = jnp.asarray(masks), jnp.asarray(goal)
     self._kettle = tasks.ELEMENTS.index('kettle')
     self._kettle_idx = np.array(tasks.ELEMENT_INDICES['kettle'])
-    self._kp = jnp.asarray(model.actuator_gainprm[:ARM_DOF, 0], jnp.float32)
+    self._kp = jnp.asarray(model.actuator_gainprm[:tasks.ARM_DOF, 0], jnp.float32)
     self._weight = jnp.asarray(-model.body_mass[:, None] * model.opt.gravity[None], jnp.float32)  # [nbody, 3]
-    self._home_posture = jnp.asarray(tasks.INIT_QPOS[:ARM_DOF], jnp.float32)
-    limits = model.jnt_range[:ARM_DOF]
+    self._home_posture = jnp.asarray(tasks.INIT_QPOS[:tasks.ARM_DOF], jnp.float32)
+    limits = model.jnt_range[:tasks.ARM_DOF]
     self._low = jnp.asarray(limits[:, 0] + _LIMIT_MARGIN, jnp.float32)
     self._high = jnp.asarray(limits[:, 1] - _LIMIT_MARGIN, jnp.float32)
     # Pre-grasp postures from random starts around the reset posture; grasp postures from those, so
@@ -213,7 +212,7 @@ class Expert:
     self._hold_rot = jnp.einsum('eji,ejk->eik', site_mat, self._orientation)
     self._hold_offset = jnp.einsum('eji,ej->ei', site_mat, self._grasp_offset)
     self._press = jnp.einsum('eji,ej->ei', site_mat, press)
-    starts = jax.random.uniform(jax.random.key(0), (len(tasks.ELEMENTS), 64, ARM_DOF), minval=self._low,
+    starts = jax.random.uniform(jax.random.key(0), (len(tasks.ELEMENTS), 64, tasks.ARM_DOF), minval=self._low,
                                 maxval=self._high)
     self._pre_grasp, self.posture_error = self._solve_postures(self._approach, starts)
 
@@ -225,7 +224,7 @@ class Expert:
 
     def solve(jac):
       jjt = jac @ jac.T + c.damping**2 * jnp.eye(6)
-      projector = jnp.eye(ARM_DOF) - jac.T @ jnp.linalg.solve(jjt, jac)
+      projector = jnp.eye(tasks.ARM_DOF) - jac.T @ jnp.linalg.solve(jjt, jac)
       return jac.T @ jnp.linalg.solve(jjt, error) + projector @ (0.05 * (nominal - q))
 
     dq = solve(jacobian)
@@ -245,18 +244,18 @@ class Expert:
 
     def solve(target_pos, target_mat, q):
       def iterate(q, _):
-        pos, mat, jacobian, _, _ = self._hand(qpos.at[:ARM_DOF].set(q))
+        pos, mat, jacobian, _, _ = self._hand(qpos.at[:tasks.ARM_DOF].set(q))
         error = jnp.concatenate([_cap(target_pos - pos, 0.1), _cap(_orientation_error(mat, target_mat), 0.5)])
         return q + self._ik(jacobian, 0.5 * error, q, start), None
 
       start = q
       q = jax.lax.scan(iterate, q, None, length=iterations)[0]
-      pos, mat, _, _, _ = self._hand(qpos.at[:ARM_DOF].set(q))
+      pos, mat, _, _, _ = self._hand(qpos.at[:tasks.ARM_DOF].set(q))
       return q, jnp.linalg.norm(target_pos - pos) + 0.1 * jnp.linalg.norm(_orientation_error(mat, target_mat))
 
     q, error = jax.jit(jax.vmap(jax.vmap(solve, (None, None, 0))))(targets, self._orientation, starts)
     margin = jnp.minimum(q - self._low, self._high - q).min(axis=-1)
-    travel = jnp.abs(q - qpos[:ARM_DOF]).max(axis=-1)
+    travel = jnp.abs(q - qpos[:tasks.ARM_DOF]).max(axis=-1)
     best = jnp.argmin(jnp.where(error < 0.005, jnp.where(margin > 0.3, travel, 10.0 - margin), 20.0 + error), axis=1)
     rows = jnp.arange(len(tasks.ELEMENTS))
     return q[rows, best], np.asarray(error[rows, best])
@@ -268,7 +267,7 @@ class Expert:
     key, speed_key, element_key = jax.random.split(key, 3)
     low, high = self.config.speed_range
     zero = jnp.zeros((), jnp.int32)
-    state = ExpertState(plan=plan, index=zero, phase=zero, timer=zero, pause=zero, offset=jnp.zeros(ARM_DOF),
+    state = ExpertState(plan=plan, index=zero, phase=zero, timer=zero, pause=zero, offset=jnp.zeros(tasks.ARM_DOF),
                         speed=jax.random.uniform(speed_key, (), minval=low, maxval=high), retry_at=zero - 1,
                         grasp=jnp.zeros(3), integral=jnp.zeros(3), key=key)
     return self._new_element(state, element_key)
@@ -282,7 +281,7 @@ class Expert:
     grasp = self._hold_offset[element] + jax.random.uniform(grasp_key, (3,), minval=-c.grasp_noise, maxval=c.grasp_noise)
     return state.replace(
         phase=jnp.int32(APPROACH), timer=jnp.int32(0), grasp=grasp,
-        offset=jax.random.uniform(offset_key, (ARM_DOF,), minval=-c.approach_noise, maxval=c.approach_noise),
+        offset=jax.random.uniform(offset_key, (tasks.ARM_DOF,), minval=-c.approach_noise, maxval=c.approach_noise),
         retry_at=jnp.where(retry, jax.random.randint(when_key, (), 2, 8), -1))
 
   def _kinematics(self, qpos: jax.Array) -> mjx.Data:
@@ -292,12 +291,12 @@ class Expert:
     """End-effector pose, its Jacobian over the arm joints ([6, 7]: linear; angular), the arm torque
     that holds the robot against gravity (gradient of its potential energy) and the kinematics."""
     def forward(q_arm):
-      d = self._kinematics(qpos.at[:ARM_DOF].set(q_arm))
+      d = self._kinematics(qpos.at[:tasks.ARM_DOF].set(q_arm))
       potential = jnp.sum(self._weight * d.xipos)
       return (d.site_xpos[self._ee], d.site_xmat[self._ee], potential), d
 
-    (pos, mat, _), linear, kinematics = jax.linearize(forward, qpos[:ARM_DOF], has_aux=True)
-    d_pos, d_mat, d_potential = jax.vmap(linear)(jnp.eye(ARM_DOF, dtype=qpos.dtype))
+    (pos, mat, _), linear, kinematics = jax.linearize(forward, qpos[:tasks.ARM_DOF], has_aux=True)
+    d_pos, d_mat, d_potential = jax.vmap(linear)(jnp.eye(tasks.ARM_DOF, dtype=qpos.dtype))
     angular = jax.vmap(lambda dm: _vee(dm @ mat.T))(d_mat)
     return pos, mat, jnp.concatenate([d_pos.T, angular.T]), d_potential, kinematics
 
@@ -353,8 +352,8 @@ class Expert:
     lost = jnp.linalg.norm(ee_pos - hold_pos) > c.lost_distance
     reached = (position_error < c.position_tolerance) & (jnp.linalg.norm(orientation_error) < 0.15)
     posture = jnp.clip(self._pre_grasp[element] + state.offset, self._low, self._high)
-    at_posture = jnp.abs(posture - qpos[:ARM_DOF]).max() < 0.1
-    at_home = jnp.abs(self._home_posture - qpos[:ARM_DOF]).max() < 0.1
+    at_posture = jnp.abs(posture - qpos[:tasks.ARM_DOF]).max() < 0.1
+    at_home = jnp.abs(self._home_posture - qpos[:tasks.ARM_DOF]).max() < 0.1
     timed_out = state.timer >= c.phase_timeout
     complete = distance < tasks.THRESHOLD
     next_phase = jnp.select(
@@ -389,16 +388,16 @@ class Expert:
     error = jnp.concatenate([_cap(target_pos - ee_pos, c.max_hand_step), _cap(orientation_error, c.max_turn_step)])
     error = (c.gain * error + c.integral_gain * jnp.concatenate([state.integral, jnp.zeros(3)])) * jnp.where(
         paused | state.done, 0.0, 1.0)
-    dq = self._ik(jacobian, error, qpos[:ARM_DOF], self._pre_grasp[element])
+    dq = self._ik(jacobian, error, qpos[:tasks.ARM_DOF], self._pre_grasp[element])
     # The approach is a joint-space move to the posture solved once for each element; the move home, one
     # to the reset posture.
-    to_posture = (jnp.where(phase == HOME, self._home_posture, posture) - qpos[:ARM_DOF]) * jnp.where(
+    to_posture = (jnp.where(phase == HOME, self._home_posture, posture) - qpos[:tasks.ARM_DOF]) * jnp.where(
         paused | state.done, 0.0, 1.0)
     to_posture = _cap_abs(to_posture, c.max_joint_step * jnp.minimum(state.speed, 1.0))
     dq = jnp.where((phase == APPROACH) | (phase == HOME), to_posture, dq)
     arm = (dq + gravity / self._kp) / _STEP
     finger_target = jnp.where(holding, _CLOSED, _OPEN)
-    fingers = (finger_target - qpos[ARM_DOF:tasks.ROBOT_DOF]) / _STEP
+    fingers = (finger_target - qpos[tasks.ARM_DOF:tasks.ROBOT_DOF]) / _STEP
     return jnp.clip(jnp.concatenate([arm, fingers]), -1.0, 1.0), new
 
 
