@@ -2,9 +2,9 @@
 achieved final state is closest to it, and replay that demo's actions open loop.
 
 "Closest" is the sum over the goal's elements of the L2 distance between the demo's final
-coordinates of that element and its value in the goal state (the other elements of a 30-d goal state only hold
-their reset values, so they say nothing about what the goal asks for). After the demo's last action
-the robot holds still until the episode ends.
+coordinates of that element and its value in the goal state (the other elements of a 30-d goal
+state only hold their reset values, so they say nothing about what the goal asks for). After the
+demo's last action the robot holds still until the episode ends.
 """
 
 from collections.abc import Sequence
