@@ -47,6 +47,7 @@ _IN_SAMPLE = flags.DEFINE_boolean(
     'compounding error from generalisation.')
 _CORRECTIVE = flags.DEFINE_float('corrective_noise', 0.0, 'train.BCConfig.corrective_noise (rad).')
 _SUBGOAL_NOISE = flags.DEFINE_float('subgoal_noise', 0.0, 'train.BCConfig.subgoal_noise (rad).')
+_SUBGOAL_FINGER_NOISE = flags.DEFINE_float('subgoal_finger_noise', 0.0, 'train.BCConfig.subgoal_finger_noise (m).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Training seed.')
 _OUT = flags.DEFINE_string('out', None, 'JSON output path.')
 
@@ -76,7 +77,7 @@ def train_low(demos: PaddedDemos):
   window = _WINDOW.value
   config = train.BCConfig(method='gcbc', relabel=relabel.RelabelConfig(window, window, 1),
                           updates_per_step=100, relative_goals=_RELATIVE.value, corrective_noise=_CORRECTIVE.value,
-                          subgoal_noise=_SUBGOAL_NOISE.value)
+                          subgoal_noise=_SUBGOAL_NOISE.value, subgoal_finger_noise=_SUBGOAL_FINGER_NOISE.value)
   agent = train.make_agent(config)
   data = train.training_data(config.method, demos)
   state = train.init_state(agent, config, data, jax.random.key(_SEED.value))
@@ -141,7 +142,7 @@ def main(argv):
       'in_sample': _IN_SAMPLE.value, 'window': _WINDOW.value,
       'updates': int(state.updates), 'relative_goals': _RELATIVE.value, 'track_progress': _TRACK.value,
       'seed': _SEED.value, 'corrective_noise': _CORRECTIVE.value,
-      'subgoal_noise': _SUBGOAL_NOISE.value,
+      'subgoal_noise': _SUBGOAL_NOISE.value, 'subgoal_finger_noise': _SUBGOAL_FINGER_NOISE.value,
       'episode_steps': _STEPS.value, 'train_seconds': round(train_seconds, 1),
       'replayed_elements_per_episode': float(np.mean(replayed.step_completion[:, -1])),
       'elements_per_episode': float(np.mean(probed.step_completion[:, -1])),

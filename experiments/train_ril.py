@@ -2,9 +2,10 @@
 
 Trains each method for each seed with the compiled BC step (rpl_jax/train.py), evaluates it on the
 17 compound goals and writes, in --workdir: results.json (every run's summary and training curve),
-table.md and table.csv (mean and spread over seeds, beside the paper's numbers), success.png (bar
-plots of success and step completion) and, with --config.videos, GIFs of RIL episodes. The config
-is experiments/configs/train_ril.py; override any key with --config.<key>=...
+table.md and table.csv (mean and spread over seeds, successes pooled over episodes with a Fisher
+test of RIL's lead, beside the paper's numbers), success.png (bar plots of success and step
+completion) and, with --config.videos, GIFs of RIL episodes. The config is
+experiments/configs/train_ril.py; override any key with --config.<key>=...
 
   python experiments/train_ril.py --config.demos=data/play --workdir=/tmp/ril
   python experiments/train_ril.py --config.demos=data/play --config.methods=ril --config.seeds=1 \
@@ -59,7 +60,8 @@ def _config(method: str) -> train.BCConfig:
       policy=networks.PolicyConfig(hidden=tuple(_CONFIG.value.hidden)),
       batch_size=_CONFIG.value.batch_size, updates_per_step=_CONFIG.value.updates_per_step,
       learning_rate=_CONFIG.value.learning_rate, relative_goals=_CONFIG.value.relative_goals,
-      corrective_noise=_CONFIG.value.corrective_noise, subgoal_noise=_CONFIG.value.subgoal_noise)
+      corrective_noise=_CONFIG.value.corrective_noise, subgoal_noise=_CONFIG.value.subgoal_noise,
+      subgoal_finger_noise=_CONFIG.value.subgoal_finger_noise)
 
 
 def _trainer(env, demos, device_demos, config: train.BCConfig, goal_values):
@@ -89,13 +91,20 @@ def _trainer(env, demos, device_demos, config: train.BCConfig, goal_values):
 
 
 def _table(results: dict) -> list[dict]:
+  """Per method: mean and std over seeds, the successes pooled over seeds' episodes and, beside each
+  baseline, the one-sided Fisher p-value that RIL succeeds more often (evaluation.success_lead_p_value)."""
+  counts = {method: (sum(round(r['success'] * r['episodes']) for r in runs), sum(r['episodes'] for r in runs))
+            for method, runs in results.items()}
   rows = []
   for method, runs in results.items():
     success = np.array([r['success'] for r in runs]) * 100
     completion = np.array([r['step_completion'] for r in runs])
     paper = PAPER[method]
+    p_value = (f"{evaluation.success_lead_p_value(*counts['ril'], *counts[method]):.3g}"
+               if method != 'ril' and 'ril' in counts else '-')
     rows.append({'method': LABELS[method], 'seeds': len(runs),
                  'success_%': f'{success.mean():.1f} ± {success.std():.1f}',
+                 'successes': f'{counts[method][0]} / {counts[method][1]}', 'p_ril_succeeds_more': p_value,
                  'step_completion': f'{completion.mean():.2f} ± {completion.std():.2f}',
                  'paper_success_%': paper[0], 'paper_step_completion': paper[1]})
   return rows

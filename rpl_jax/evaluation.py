@@ -11,7 +11,9 @@ experiments' default; BUILD_NOTES.md, "Goal states from the demos"). Completion 
 goal values either way.
 """
 
+import fractions
 import functools
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -117,6 +119,20 @@ def summarize(evaluation: Evaluation) -> dict:
           'episodes': int(evaluation.success.size),
           'nan_steps': int(evaluation.nan_steps.sum()),
           'per_goal': per_goal, 'per_element': per_element}
+
+
+def success_lead_p_value(successes: int, episodes: int, other_successes: int, other_episodes: int) -> float:
+  """One-sided Fisher exact test that the first agent succeeds more often than the other: the
+  probability, were their success rates equal, that the first would get at least `successes` of the
+  combined successes (the hypergeometric tail, exact in integers). Episodes are pooled over seeds, so
+  a seed-to-seed spread beyond the episodes' own is not in it."""
+  counts = (successes, episodes, other_successes, other_episodes)
+  if any(int(c) != c or c < 0 for c in counts) or successes > episodes or other_successes > other_episodes:
+    raise ValueError(f'need counts 0 <= successes <= episodes, got {counts}.')
+  total, drawn = successes + other_successes, episodes + other_episodes
+  tail = sum(math.comb(total, k) * math.comb(drawn - total, episodes - k)
+             for k in range(successes, min(total, episodes) + 1))
+  return float(fractions.Fraction(tail, math.comb(drawn, episodes)))
 
 
 def write_videos(env, agent: Agent, params, normalizers, goals: Sequence[str], num_steps: int, deterministic: bool,

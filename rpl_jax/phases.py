@@ -68,7 +68,8 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
                       learning_rate=config.ril.learning_rate, relative_goals=_relative_goals(config),
                       # 0 in runs saved before the keys existed
                       corrective_noise=config.ril.get('corrective_noise', 0.0),
-                      subgoal_noise=config.ril.get('subgoal_noise', 0.0))
+                      subgoal_noise=config.ril.get('subgoal_noise', 0.0),
+                      subgoal_finger_noise=config.ril.get('subgoal_finger_noise', 0.0))
   r = config.rrf
   if r.variant == 'awopt':
     a = config.awopt

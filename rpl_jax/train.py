@@ -48,10 +48,12 @@ class BCConfig:
   # level's tuples (RIL's low level, the baselines' one policy), with the labels corrected to command
   # the same position targets (`corrected`). 0: off. The RRF phase's DAPG term draws undisplaced tuples.
   corrective_noise: float = 0.0
-  # Std (rad) of Gaussian noise added to the arm joints of every goal the action level trains on (the
-  # labels kept), so it learns to act on subgoals as imprecise as a learned high level's (`noisy_goals`).
-  # 0: off. Like corrective_noise, not applied to the RRF phase's DAPG term.
+  # Std of Gaussian noise added to the robot joints of every goal the action level trains on (the labels
+  # kept), so it learns to act on subgoals as imprecise as a learned high level's (`noisy_goals`): rad
+  # on the 7 arm joints, m on the 2 fingers. 0: off. Like corrective_noise, not applied to the RRF
+  # phase's DAPG term.
   subgoal_noise: float = 0.0
+  subgoal_finger_noise: float = 0.0
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -59,9 +61,9 @@ class BCConfig:
     for name in ('batch_size', 'updates_per_step'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
-    for name in ('corrective_noise', 'subgoal_noise'):
+    for name in ('corrective_noise', 'subgoal_noise', 'subgoal_finger_noise'):
       if not 0 <= getattr(self, name) < float('inf'):
-        raise ValueError(f'{name} must be a finite std >= 0 (rad), got {getattr(self, name)}.')
+        raise ValueError(f'{name} must be a finite std >= 0, got {getattr(self, name)}.')
     if not (self.learning_rate > 0 and self.max_grad_norm > 0):
       raise ValueError(f'learning_rate and max_grad_norm must be positive, got {self.learning_rate} and '
                        f'{self.max_grad_norm}.')
@@ -175,16 +177,20 @@ def corrected(draw: Callable, noise: float) -> Callable:
   return draw_displaced
 
 
-def noisy_goals(draw: Callable, noise: float) -> Callable:
-  """The action level's `draw` with N(0, noise^2) (rad) added to the arm joints of every goal, the
-  labels kept. Algorithm 2's goals are exact demo states, but at run time a learned high level's
-  subgoals miss the demos' arm postures (on our play data by a median 0.14-0.23 rad at the worst arm
-  joint: BUILD_NOTES, "Subgoal noise"), so this trains the level to act on goals that imprecise."""
+def noisy_goals(draw: Callable, noise: float, finger_noise: float = 0.0) -> Callable:
+  """The action level's `draw` with N(0, noise^2) (rad) added to the arm joints of every goal and
+  N(0, finger_noise^2) (m) to its fingers, the labels kept. Algorithm 2's goals are exact demo states,
+  but at run time a learned high level's subgoals miss the demos' arm postures (on our play data by a
+  median 0.14-0.23 rad at the worst arm joint: BUILD_NOTES, "Subgoal noise"), so this trains the level
+  to act on goals that imprecise."""
   def draw_noisy(key, demos):
     key, noise_key = jax.random.split(key)
     states, goals, actions = draw(key, demos)
-    return states, goals.at[:, :tasks.ARM_DOF].add(
-        noise * jax.random.normal(noise_key, (goals.shape[0], tasks.ARM_DOF))), actions
+    rows = goals.shape[0]
+    arm = noise * jax.random.normal(noise_key, (rows, tasks.ARM_DOF))
+    finger_key = jax.random.fold_in(noise_key, 1)  # the arm's draw stays what it was without finger noise
+    fingers = finger_noise * jax.random.normal(finger_key, (rows, tasks.ROBOT_DOF - tasks.ARM_DOF))
+    return states, goals.at[:, :tasks.ROBOT_DOF].add(jnp.concatenate([arm, fingers], -1)), actions
   return draw_noisy
 
 
@@ -209,8 +215,8 @@ def make_train_step(agent: Agent, config: BCConfig, mesh=None):
   draws = {level: sampler.draw for level, sampler in samplers(config.method, config.relabel, config.batch_size).items()}
   if config.corrective_noise:
     draws['low'] = corrected(draws['low'], config.corrective_noise)
-  if config.subgoal_noise:
-    draws['low'] = noisy_goals(draws['low'], config.subgoal_noise)
+  if config.subgoal_noise or config.subgoal_finger_noise:
+    draws['low'] = noisy_goals(draws['low'], config.subgoal_noise, config.subgoal_finger_noise)
   optimizer = make_optimizer(config)
 
   def loss(params, normalizers, batches):

@@ -2,6 +2,7 @@
 report, TensorBoard files and PNGs, and SIGKILL-then-resume ending bit for bit where an uninterrupted
 run ends (every phase's logged metrics, which are functions of the parameters at each step)."""
 
+import csv
 import functools
 import glob
 import importlib.util
@@ -56,6 +57,7 @@ def smoke() -> config_dict.ConfigDict:
     (lambda c: setattr(c.rrf, 'buffer_episodes', 1), 'must hold one iteration'),
     (lambda c: setattr(c.ril, 'corrective_noise', -0.1), 'corrective_noise must be'),
     (lambda c: setattr(c.ril, 'subgoal_noise', float('nan')), 'subgoal_noise must be'),
+    (lambda c: setattr(c.ril, 'subgoal_finger_noise', -0.01), 'subgoal_finger_noise must be'),
     (lambda c: setattr(c, 'goal_values', 'human'), 'goal_values must be one of'),
 ])
 def test_invalid_configs_fail_with_a_message(change, message):
@@ -306,16 +308,25 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
                            '--config.updates_per_step=2', '--config.window_low=5', '--config.window_high=20',
                            '--config.horizon=5', '--config.eval_episodes=1', '--config.episode_steps=10',
                            '--config.goals=microwave-kettle-topknob-hinge', '--config.backend=cpu',
-                           '--config.corrective_noise=0.05', '--config.subgoal_noise=0.2', *flags],
+                           '--config.corrective_noise=0.05', '--config.subgoal_noise=0.2',
+                           '--config.subgoal_finger_noise=0.01', *flags],
                           cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
 
   process = train_ril(tmp_path / 'table')
   assert process.returncode == 0, process.stderr[-3000:]
-  rows = (tmp_path / 'table' / 'table.csv').read_text().splitlines()
-  assert [row.split(',')[0] for row in rows[1:]] == ['RIL', 'GCBC with relabeling', 'GCBC without relabeling']
+  with open(tmp_path / 'table' / 'table.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [row['method'] for row in rows] == ['RIL', 'GCBC with relabeling', 'GCBC without relabeling']
   results = json.loads((tmp_path / 'table' / 'results.json').read_text())
   assert all(results['configs'][m]['corrective_noise'] == 0.05 and results['configs'][m]['subgoal_noise'] == 0.2
-             for m in ('ril', 'gcbc', 'gcbc_final'))
+             and results['configs'][m]['subgoal_finger_noise'] == 0.01 for m in ('ril', 'gcbc', 'gcbc_final'))
+  # Successes pooled over the episodes, and the Fisher p-value of RIL's lead beside each baseline.
+  runs = [results['results'][m][0] for m in ('ril', 'gcbc', 'gcbc_final')]
+  successes = [round(r['success'] * r['episodes']) for r in runs]
+  assert [row['successes'] for row in rows] == [f'{k} / 1' for k in successes] and rows[0]['p_ril_succeeds_more'] == '-'
+  for row, k in zip(rows[1:], successes[1:]):
+    expected = evaluation.success_lead_p_value(successes[0], 1, k, 1)
+    assert float(row['p_ril_succeeds_more']) == pytest.approx(expected, rel=1e-2)
   demo_values = evaluation.goal_values('demos', load_padded(str(smoke_run / 'demos')))
   assert {e: tuple(v) for e, v in results['goal_values'].items()} == demo_values != evaluation.goal_values('task')
   assert (tmp_path / 'table' / 'success.png').stat().st_size > 0

@@ -1,6 +1,8 @@
 """RIL and GCBC: the compiled BC step, the hierarchical rollout and the evaluation tables."""
 
 import functools
+import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -145,7 +147,7 @@ def test_bad_configs_fail_before_compiling():
   with pytest.raises(ValueError, match='batch_size'):
     train.BCConfig(batch_size=0)
   for noise in (-0.1, float('nan'), float('inf')):
-    for name in ('corrective_noise', 'subgoal_noise'):
+    for name in ('corrective_noise', 'subgoal_noise', 'subgoal_finger_noise'):
       with pytest.raises(ValueError, match=name):
         train.BCConfig(**{name: noise})
   config = train.BCConfig(relabel=relabel.RelabelConfig(30, 260, 30), policy=SMALL)
@@ -174,25 +176,30 @@ def test_corrective_noise_displaces_half_the_tuples_and_keeps_their_servo_target
   assert np.all(np.abs(actions) <= 1)
 
 
-def test_subgoal_noise_moves_only_the_goals_arm_joints():
+def test_subgoal_noise_moves_only_the_goals_robot_joints():
   draw = train.samplers('ril', relabel.RelabelConfig(5, 20, 4), 4096)['low'].draw
-  demos, key, noise = train.device_demos(_demos()), jax.random.key(5), 0.3
-  states, goals, actions = (np.asarray(x) for x in train.noisy_goals(draw, noise)(key, demos))
+  demos, key, noise, finger_noise = train.device_demos(_demos()), jax.random.key(5), 0.3, 0.02
+  states, goals, actions = (np.asarray(x) for x in train.noisy_goals(draw, noise, finger_noise)(key, demos))
   plain_states, plain_goals, plain_actions = (np.asarray(x) for x in draw(jax.random.split(key)[0], demos))
   np.testing.assert_array_equal(states, plain_states)
   np.testing.assert_array_equal(actions, plain_actions)
-  np.testing.assert_array_equal(goals[:, tasks.ARM_DOF:], plain_goals[:, tasks.ARM_DOF:])
-  offsets = goals[:, :tasks.ARM_DOF] - plain_goals[:, :tasks.ARM_DOF]
-  # 4096 x 7 standard normals scaled by 0.3: mean and std within 4 standard errors, joints uncorrelated.
-  assert abs(offsets.mean()) < 4 * noise / np.sqrt(offsets.size)
-  np.testing.assert_allclose(offsets.std(), noise, rtol=4 / np.sqrt(2 * offsets.size))
-  assert np.abs(np.corrcoef(offsets.T) - np.eye(tasks.ARM_DOF)).max() < 0.07
+  np.testing.assert_array_equal(goals[:, tasks.ROBOT_DOF:], plain_goals[:, tasks.ROBOT_DOF:])
+  offsets = goals[:, :tasks.ROBOT_DOF] - plain_goals[:, :tasks.ROBOT_DOF]
+  # 4096 standard normals per joint, scaled by 0.3 rad (arm) and 0.02 m (fingers): each joint's mean
+  # and std within 4 standard errors, the 9 joints uncorrelated.
+  scale = np.array([noise] * tasks.ARM_DOF + [finger_noise] * (tasks.ROBOT_DOF - tasks.ARM_DOF))
+  rows = offsets.shape[0]
+  assert np.all(np.abs(offsets.mean(0)) < 4 * scale / np.sqrt(rows))
+  np.testing.assert_allclose(offsets.std(0), scale, rtol=4 / np.sqrt(2 * rows))
+  assert np.abs(np.corrcoef(offsets.T) - np.eye(tasks.ROBOT_DOF)).max() < 0.07
 
 
 def test_training_with_either_noise_still_fits_the_demos():
   demos = _demos()
   trained = {}
-  for name, noise in {'clean': {}, 'corrective': {'corrective_noise': 0.01}, 'subgoal': {'subgoal_noise': 0.05}}.items():
+  noises = {'clean': {}, 'corrective': {'corrective_noise': 0.01}, 'subgoal': {'subgoal_noise': 0.05},
+            'finger': {'subgoal_finger_noise': 0.01}}
+  for name, noise in noises.items():
     config = _config(updates_per_step=25, learning_rate=3e-3, **noise)
     agent = train.make_agent(config)
     state = train.init_state(agent, config, demos, jax.random.key(0))
@@ -203,7 +210,7 @@ def test_training_with_either_noise_still_fits_the_demos():
     after = _dataset_log_likelihood(agent, state, demos, config)
     assert after['low'] > before['low'] + 5 and after['high'] > before['high'] + 5, (name, before, after)
     trained[name] = state.params
-  for name in ('corrective', 'subgoal'):  # the noise is wired in: the low level trains differently
+  for name in ('corrective', 'subgoal', 'finger'):  # the noise is wired in: the low level trains differently
     assert not np.allclose(trained['clean']['low']['log_std'], trained[name]['low']['log_std']), name
 
 
@@ -332,3 +339,21 @@ def test_summarize_matches_hand_counts():
   assert summary['per_element']['kettle'] == 0.75  # 3 of the 4 episodes, all of whose goals have the kettle
   assert summary['per_element']['microwave'] == 0.5 and summary['per_element']['light switch'] == 0.0
   assert 'top burner' in summary['per_element'] and summary['episodes'] == 4
+
+
+def test_success_lead_p_value_equals_enumerating_every_split_of_the_episodes():
+  # Under equal success rates every way of dealing the pooled episodes into the two agents is equally
+  # likely; the p-value is the share of deals giving the first agent at least its successes.
+  for successes, episodes, other_successes, other_episodes in [(3, 5, 1, 4), (0, 4, 2, 3), (4, 4, 0, 5), (2, 6, 2, 6)]:
+    pooled = [1] * (successes + other_successes) + [0] * (episodes + other_episodes - successes - other_successes)
+    deals = list(itertools.combinations(range(len(pooled)), episodes))
+    expected = sum(sum(pooled[i] for i in deal) >= successes for deal in deals) / len(deals)
+    assert evaluation.success_lead_p_value(successes, episodes, other_successes, other_episodes) == \
+        pytest.approx(expected, rel=1e-12)
+  # Large counts stay exact: 8 of 510 against 0 of 510 is C(510, 8) / C(1020, 8), about 2^-8.
+  assert evaluation.success_lead_p_value(8, 510, 0, 510) == pytest.approx(
+      math.comb(510, 8) / math.comb(1020, 8), rel=1e-12)
+  assert evaluation.success_lead_p_value(0, 510, 0, 510) == 1.0
+  for bad in [(3, 2, 0, 5), (-1, 5, 0, 5), (1.5, 5, 0, 5)]:
+    with pytest.raises(ValueError, match='counts'):
+      evaluation.success_lead_p_value(*bad)

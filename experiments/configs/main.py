@@ -77,7 +77,9 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   config.ril.relative_goals = False  # goals enter the networks as offsets from the state
   # rad: robot joints of half the low level's tuples displaced, labels corrected (train.BCConfig)
   config.ril.corrective_noise = 0.0
-  config.ril.subgoal_noise = 0.0  # rad: noise on the arm joints of the low level's goals (train.BCConfig)
+  # noise on the low level's goals: rad on the arm joints, m on the fingers (train.BCConfig)
+  config.ril.subgoal_noise = 0.0
+  config.ril.subgoal_finger_noise = 0.0
 
   config.rrf = config_dict.ConfigDict()
   config.rrf.variant = 'dapg'  # npg | dapg | iril, or awopt (AW-Opt-style, a flat agent: ril.method gcbc or gcbc_final)

@@ -22,7 +22,9 @@ def get_config() -> config_dict.ConfigDict:
   config.relative_goals = False  # goals enter the networks as offsets from the state
   # rad: robot joints of half the low level's tuples displaced, labels corrected (train.BCConfig)
   config.corrective_noise = 0.0
-  config.subgoal_noise = 0.0  # rad: noise on the arm joints of the low level's goals (train.BCConfig)
+  # noise on the low level's goals: rad on the arm joints, m on the fingers (train.BCConfig)
+  config.subgoal_noise = 0.0
+  config.subgoal_finger_noise = 0.0
   config.window_low = 30  # W_l
   config.window_high = 260  # W_h (also the GCBC window)
   config.horizon = 30  # H
