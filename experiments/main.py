@@ -163,7 +163,7 @@ def main(argv, config=None, workdir: str | None = None):
   distilled = phases.distillation(workdir, run_config, configs, env, agent, ril_state, tuned, config.seed,
                                   config.max_to_keep, goal_values=goal_values)
   ril_params, tuned_params, distilled, normalizers = parallel.fetch(
-      (ril_state.params, tuned.params, distilled, ril_state.normalizers))
+      (ril_state.average, tuned.params, distilled, ril_state.normalizers))
   if not parallel.is_writer():
     return  # process 0 evaluates (on its first device) and writes the report
 

@@ -48,6 +48,7 @@ _IN_SAMPLE = flags.DEFINE_boolean(
 _CORRECTIVE = flags.DEFINE_float('corrective_noise', 0.0, 'train.BCConfig.corrective_noise (rad).')
 _SUBGOAL_NOISE = flags.DEFINE_float('subgoal_noise', 0.0, 'train.BCConfig.subgoal_noise (rad).')
 _SUBGOAL_FINGER_NOISE = flags.DEFINE_float('subgoal_finger_noise', 0.0, 'train.BCConfig.subgoal_finger_noise (m).')
+_AVERAGE = flags.DEFINE_float('average_decay', 0.0, 'train.BCConfig.average_decay (per update).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Training seed.')
 _OUT = flags.DEFINE_string('out', None, 'JSON output path.')
 
@@ -77,7 +78,8 @@ def train_low(demos: PaddedDemos):
   window = _WINDOW.value
   config = train.BCConfig(method='gcbc', relabel=relabel.RelabelConfig(window, window, 1),
                           updates_per_step=100, relative_goals=_RELATIVE.value, corrective_noise=_CORRECTIVE.value,
-                          subgoal_noise=_SUBGOAL_NOISE.value, subgoal_finger_noise=_SUBGOAL_FINGER_NOISE.value)
+                          subgoal_noise=_SUBGOAL_NOISE.value, subgoal_finger_noise=_SUBGOAL_FINGER_NOISE.value,
+                          average_decay=_AVERAGE.value)
   agent = train.make_agent(config)
   data = train.training_data(config.method, demos)
   state = train.init_state(agent, config, data, jax.random.key(_SEED.value))
@@ -124,7 +126,7 @@ def main(argv):
   start = time.perf_counter()
   agent, state = train_low(fit)
   train_seconds = time.perf_counter() - start
-  params, normalizer = state.params['low'], state.normalizers['low']
+  params, normalizer = state.average['low'], state.normalizers['low']
 
   tuples = relabel.enumerate_low(held, _WINDOW.value)
   mean = agent.low.apply(params, normalizer, tuples.observations, tuples.goals)[0]
@@ -143,6 +145,7 @@ def main(argv):
       'updates': int(state.updates), 'relative_goals': _RELATIVE.value, 'track_progress': _TRACK.value,
       'seed': _SEED.value, 'corrective_noise': _CORRECTIVE.value,
       'subgoal_noise': _SUBGOAL_NOISE.value, 'subgoal_finger_noise': _SUBGOAL_FINGER_NOISE.value,
+      'average_decay': _AVERAGE.value,
       'episode_steps': _STEPS.value, 'train_seconds': round(train_seconds, 1),
       'replayed_elements_per_episode': float(np.mean(replayed.step_completion[:, -1])),
       'elements_per_episode': float(np.mean(probed.step_completion[:, -1])),

@@ -61,7 +61,7 @@ def _config(method: str) -> train.BCConfig:
       batch_size=_CONFIG.value.batch_size, updates_per_step=_CONFIG.value.updates_per_step,
       learning_rate=_CONFIG.value.learning_rate, relative_goals=_CONFIG.value.relative_goals,
       corrective_noise=_CONFIG.value.corrective_noise, subgoal_noise=_CONFIG.value.subgoal_noise,
-      subgoal_finger_noise=_CONFIG.value.subgoal_finger_noise)
+      subgoal_finger_noise=_CONFIG.value.subgoal_finger_noise, average_decay=_CONFIG.value.average_decay)
 
 
 def _trainer(env, demos, device_demos, config: train.BCConfig, goal_values):
@@ -82,7 +82,7 @@ def _trainer(env, demos, device_demos, config: train.BCConfig, goal_values):
         bar.update(1, **{k: f'{v:.3g}' for k, v in curve[-1].items() if k.startswith('nll')})
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    result = evaluation.summarize(evaluate(state.params, state.normalizers, jax.random.key(1000 + seed),
+    result = evaluation.summarize(evaluate(state.average, state.normalizers, jax.random.key(1000 + seed),
                                            _goals(), _CONFIG.value.eval_episodes))
     result.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - start, curve=curve)
     return result, agent, state
@@ -143,7 +143,7 @@ def _plot(results: dict, path: str) -> None:
 
 def _videos(env, agent, state, workdir: str, goal_values) -> None:
   render.check_gl(env.model)
-  for path in evaluation.write_videos(env, agent, state.params, state.normalizers, _goals()[:_CONFIG.value.videos],
+  for path in evaluation.write_videos(env, agent, state.average, state.normalizers, _goals()[:_CONFIG.value.videos],
                                       _CONFIG.value.episode_steps, not _CONFIG.value.stochastic, workdir, 'ril',
                                       goal_values):
     print(f'video: {path}')

@@ -69,7 +69,8 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
                       # 0 in runs saved before the keys existed
                       corrective_noise=config.ril.get('corrective_noise', 0.0),
                       subgoal_noise=config.ril.get('subgoal_noise', 0.0),
-                      subgoal_finger_noise=config.ril.get('subgoal_finger_noise', 0.0))
+                      subgoal_finger_noise=config.ril.get('subgoal_finger_noise', 0.0),
+                      average_decay=config.ril.get('average_decay', 0.0))
   r = config.rrf
   if r.variant == 'awopt':
     a = config.awopt
@@ -215,7 +216,7 @@ def fine_tune(workdir: str, run_config: dict, configs: RunConfigs, env, agent, r
   config, goals = configs.rrf, configs.rrf_goals
   init_state, make_step = _trainer(config)
   keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), len(goals))
-  state = jax.vmap(lambda k: init_state(agent, config, ril_state.params, ril_state.normalizers, k))(keys)
+  state = jax.vmap(lambda k: init_state(agent, config, ril_state.average, ril_state.normalizers, k))(keys)
   goal_states = jnp.asarray(evaluation.goal_states(goals, goal_values))
   mesh = configs.mesh
   state, goal_states = parallel.put((state, goal_states), mesh, parallel.GOAL)
@@ -244,7 +245,7 @@ def distillation(workdir: str, run_config: dict, configs: RunConfigs, env, agent
     params, metrics = fit(state['params'], ril_state.normalizers, data, fit_key)
     return {'params': params, 'key': key}, {name: value[-1] for name, value in metrics.items()}
 
-  start = parallel.put({'params': jax.tree.map(jnp.copy, ril_state.params),
+  start = parallel.put({'params': jax.tree.map(jnp.copy, ril_state.average),
                         'key': jax.random.fold_in(jax.random.key(seed), 2)}, configs.mesh)
   final = run_phase(workdir, 'distill', run_config, start, step, 1, 1, max_to_keep,
                     lambda m: {f'final_{k}': float(v) for k, v in m.items()})
@@ -303,13 +304,13 @@ def load_policy(workdir: str, phase: str = 'distill') -> Policy:
   ril_dir = os.path.join(config.ril.get('from_workdir') or workdir, 'ril', 'checkpoints')  # older runs lack the key
   ril_state = load_state(ril_dir, _ril_target(agent, configs.bc))
   if phase == 'ril':
-    return Policy(agent, ril_state.params, ril_state.normalizers, configs.eval_goals, goal_values)
+    return Policy(agent, ril_state.average, ril_state.normalizers, configs.eval_goals, goal_values)
   if phase == 'distill':
-    target = {'params': ril_state.params, 'key': jax.random.key(0)}
+    target = {'params': ril_state.average, 'key': jax.random.key(0)}
     return Policy(agent, load_state(os.path.join(workdir, 'distill', 'checkpoints'), target)['params'],
                   ril_state.normalizers, configs.eval_goals, goal_values)
   keys = jax.random.split(jax.random.key(0), len(configs.rrf_goals))
   init_state = _trainer(configs.rrf)[0]
-  target = jax.vmap(lambda k: init_state(agent, configs.rrf, ril_state.params, ril_state.normalizers, k))(keys)
+  target = jax.vmap(lambda k: init_state(agent, configs.rrf, ril_state.average, ril_state.normalizers, k))(keys)
   tuned = load_state(os.path.join(workdir, 'rrf', 'checkpoints'), target)
   return Policy(agent, tuned.params, ril_state.normalizers, configs.rrf_goals, goal_values)

@@ -54,6 +54,9 @@ class BCConfig:
   # phase's DAPG term.
   subgoal_noise: float = 0.0
   subgoal_finger_noise: float = 0.0
+  # Per-update decay of the exponential moving average of the parameters that the trained agent acts
+  # with (BCState.average), e.g. 0.999: about the last 1,000 updates. 0: the last parameters.
+  average_decay: float = 0.0
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -64,6 +67,8 @@ class BCConfig:
     for name in ('corrective_noise', 'subgoal_noise', 'subgoal_finger_noise'):
       if not 0 <= getattr(self, name) < float('inf'):
         raise ValueError(f'{name} must be a finite std >= 0, got {getattr(self, name)}.')
+    if not 0 <= self.average_decay < 1:
+      raise ValueError(f'average_decay must be in [0, 1), got {self.average_decay}.')
     if not (self.learning_rate > 0 and self.max_grad_norm > 0):
       raise ValueError(f'learning_rate and max_grad_norm must be positive, got {self.learning_rate} and '
                        f'{self.max_grad_norm}.')
@@ -71,7 +76,10 @@ class BCConfig:
 
 @struct.dataclass
 class BCState:
-  params: dict[str, Any]  # per level ('low', 'high')
+  params: dict[str, Any]  # per level ('low', 'high'): what the optimizer trains
+  # The parameters to act with: their moving average over updates (BCConfig.average_decay), equal to
+  # `params` with decay 0. Evaluation, the checkpointed policy and the later phases use these.
+  average: dict[str, Any]
   normalizers: dict[str, networks.PolicyNormalizer]  # per level, fitted to the demos; not trained
   opt_state: Any
   key: jax.Array
@@ -204,8 +212,9 @@ def init_state(agent: Agent, config: BCConfig, data, key: jax.Array) -> BCState:
   relabel.check_windows(config.relabel, data.lengths)
   key, *level_keys = jax.random.split(key, 1 + len(agent.levels))
   params = {level: network.init(k) for (level, network), k in zip(agent.by_level.items(), level_keys)}
-  return BCState(params=params, normalizers=fit_normalizers(agent, config, data),
-                 opt_state=make_optimizer(config).init(params), key=key, updates=jnp.zeros((), jnp.int32))
+  return BCState(params=params, average=jax.tree.map(jnp.copy, params),
+                 normalizers=fit_normalizers(agent, config, data), opt_state=make_optimizer(config).init(params),
+                 key=key, updates=jnp.zeros((), jnp.int32))
 
 
 def make_train_step(agent: Agent, config: BCConfig, mesh=None):
@@ -225,7 +234,7 @@ def make_train_step(agent: Agent, config: BCConfig, mesh=None):
     return sum(nll.values()), nll
 
   def update(carry, key):
-    params, opt_state, normalizers, demos = carry
+    params, average, opt_state, normalizers, demos = carry
     keys = dict(zip(agent.levels, jax.random.split(key, len(agent.levels))))
     batches = {level: parallel.shard_batch(draws[level](keys[level], demos), mesh, parallel.AXES)
                for level in agent.levels}
@@ -233,13 +242,15 @@ def make_train_step(agent: Agent, config: BCConfig, mesh=None):
     updates, opt_state = optimizer.update(grads, opt_state, params)
     metrics = {f'nll_{level}': value for level, value in nll.items()}
     metrics['grad_norm'] = optax.global_norm(grads)
-    return (optax.apply_updates(params, updates), opt_state, normalizers, demos), metrics
+    params = optax.apply_updates(params, updates)
+    average = jax.tree.map(lambda a, p: config.average_decay * a + (1 - config.average_decay) * p, average, params)
+    return (params, average, opt_state, normalizers, demos), metrics
 
   def step(state: BCState, demos: PaddedDemos):
     key, *update_keys = jax.random.split(state.key, 1 + config.updates_per_step)
-    carry = (state.params, state.opt_state, state.normalizers, demos)
-    (params, opt_state, _, _), metrics = jax.lax.scan(update, carry, jnp.stack(update_keys))
-    state = state.replace(params=params, opt_state=opt_state, key=key,
+    carry = (state.params, state.average, state.opt_state, state.normalizers, demos)
+    (params, average, opt_state, _, _), metrics = jax.lax.scan(update, carry, jnp.stack(update_keys))
+    state = state.replace(params=params, average=average, opt_state=opt_state, key=key,
                           updates=state.updates + config.updates_per_step)
     return state, jax.tree.map(jnp.mean, metrics)
 

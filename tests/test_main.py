@@ -58,6 +58,7 @@ def smoke() -> config_dict.ConfigDict:
     (lambda c: setattr(c.ril, 'corrective_noise', -0.1), 'corrective_noise must be'),
     (lambda c: setattr(c.ril, 'subgoal_noise', float('nan')), 'subgoal_noise must be'),
     (lambda c: setattr(c.ril, 'subgoal_finger_noise', -0.01), 'subgoal_finger_noise must be'),
+    (lambda c: setattr(c.ril, 'average_decay', 1.0), 'average_decay must be'),
     (lambda c: setattr(c, 'goal_values', 'human'), 'goal_values must be one of'),
 ])
 def test_invalid_configs_fail_with_a_message(change, message):
@@ -309,7 +310,7 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
                            '--config.horizon=5', '--config.eval_episodes=1', '--config.episode_steps=10',
                            '--config.goals=microwave-kettle-topknob-hinge', '--config.backend=cpu',
                            '--config.corrective_noise=0.05', '--config.subgoal_noise=0.2',
-                           '--config.subgoal_finger_noise=0.01', *flags],
+                           '--config.subgoal_finger_noise=0.01', '--config.average_decay=0.5', *flags],
                           cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
 
   process = train_ril(tmp_path / 'table')
@@ -319,7 +320,8 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
   assert [row['method'] for row in rows] == ['RIL', 'GCBC with relabeling', 'GCBC without relabeling']
   results = json.loads((tmp_path / 'table' / 'results.json').read_text())
   assert all(results['configs'][m]['corrective_noise'] == 0.05 and results['configs'][m]['subgoal_noise'] == 0.2
-             and results['configs'][m]['subgoal_finger_noise'] == 0.01 for m in ('ril', 'gcbc', 'gcbc_final'))
+             and results['configs'][m]['subgoal_finger_noise'] == 0.01 and results['configs'][m]['average_decay'] == 0.5
+             for m in ('ril', 'gcbc', 'gcbc_final'))
   # Successes pooled over the episodes, and the Fisher p-value of RIL's lead beside each baseline.
   runs = [results['results'][m][0] for m in ('ril', 'gcbc', 'gcbc_final')]
   successes = [round(r['success'] * r['episodes']) for r in runs]

@@ -79,6 +79,25 @@ def test_compiled_step_does_not_recompile_and_donates_the_state():
   assert old.params['low']['log_std'].is_deleted()  # donated to the first call
 
 
+def test_average_is_the_moving_average_of_the_parameters_over_updates():
+  demos = train.device_demos(_demos())
+  ravel = lambda params: np.asarray(ravel_pytree(params)[0], np.float64)
+  for decay in (0.0, 0.9):
+    config = _config(updates_per_step=1, average_decay=decay)
+    agent = train.make_agent(config)
+    state = train.init_state(agent, config, demos, jax.random.key(0))
+    step = train.jit_train_step(agent, config)
+    expected = ravel(state.params)
+    for _ in range(6):
+      state, _ = step(state, demos)
+      expected = decay * expected + (1 - decay) * ravel(state.params)
+    np.testing.assert_allclose(ravel(state.average), expected, rtol=1e-5, atol=1e-6)
+    if decay == 0:  # off: the agent acts with exactly the last parameters
+      np.testing.assert_array_equal(ravel(state.average), ravel(state.params))
+    else:  # the average lags the trained parameters
+      assert not np.allclose(ravel(state.average), ravel(state.params))
+
+
 def test_same_key_same_training_and_different_keys_differ():
   demos = train.device_demos(_demos())
   config = _config('gcbc', updates_per_step=4)
@@ -146,6 +165,9 @@ def test_bad_configs_fail_before_compiling():
     train.BCConfig(method='bc')
   with pytest.raises(ValueError, match='batch_size'):
     train.BCConfig(batch_size=0)
+  for decay in (-0.1, 1.0, float('nan')):
+    with pytest.raises(ValueError, match='average_decay'):
+      train.BCConfig(average_decay=decay)
   for noise in (-0.1, float('nan'), float('inf')):
     for name in ('corrective_noise', 'subgoal_noise', 'subgoal_finger_noise'):
       with pytest.raises(ValueError, match=name):

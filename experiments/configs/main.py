@@ -80,6 +80,7 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   # noise on the low level's goals: rad on the arm joints, m on the fingers (train.BCConfig)
   config.ril.subgoal_noise = 0.0
   config.ril.subgoal_finger_noise = 0.0
+  config.ril.average_decay = 0.0  # per update: act with a moving average of the weights (train.BCConfig)
 
   config.rrf = config_dict.ConfigDict()
   config.rrf.variant = 'dapg'  # npg | dapg | iril, or awopt (AW-Opt-style, a flat agent: ril.method gcbc or gcbc_final)

@@ -25,6 +25,7 @@ def get_config() -> config_dict.ConfigDict:
   # noise on the low level's goals: rad on the arm joints, m on the fingers (train.BCConfig)
   config.subgoal_noise = 0.0
   config.subgoal_finger_noise = 0.0
+  config.average_decay = 0.0  # per update: act with a moving average of the weights (train.BCConfig)
   config.window_low = 30  # W_l
   config.window_high = 260  # W_h (also the GCBC window)
   config.horizon = 30  # H
