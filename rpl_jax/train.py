@@ -55,7 +55,8 @@ class BCConfig:
   subgoal_noise: float = 0.0
   subgoal_finger_noise: float = 0.0
   # Per-update decay of the exponential moving average of the parameters that the trained agent acts
-  # with (BCState.average), e.g. 0.999: about the last 1,000 updates. 0: the last parameters.
+  # with (BCState.average), e.g. 0.999: about the last 1,000 updates. Keep that span short next to the
+  # training (BUILD_NOTES, "Weight averaging"). 0: the last parameters.
   average_decay: float = 0.0
 
   def __post_init__(self):

@@ -15,11 +15,13 @@ import sys
 import time
 
 import jax
+import numpy as np
 import pytest
 from ml_collections import config_dict
 
 from envs.kitchen import KitchenConfig, KitchenEnv, expert
 from rpl_jax import evaluation, phases
+from rpl_jax.checkpoint import load_state
 from rpl_jax.data.demos import load_padded, read_metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,7 +140,8 @@ def test_overrides_win_over_the_preset():
 @pytest.fixture(scope='module')
 def smoke_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('smoke')
-  run_main(f'--workdir={workdir}', '--config.preset=smoke')
+  # A weight average, so that every phase must pick BCState.average over the last params.
+  run_main(f'--workdir={workdir}', '--config.preset=smoke', '--config.ril.average_decay=0.5')
   return workdir
 
 
@@ -207,7 +210,8 @@ def test_two_processes_train_like_one_and_process_0_writes(smoke_run, tmp_path):
     port = s.getsockname()[1]
   flags = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2'
   processes = [launch(f'--workdir={tmp_path}', '--config.preset=smoke', f'--config.demos.path={smoke_run / "demos"}',
-                      '--config.eval.videos=0', '--config.mesh.goal=2', f'--coordinator_address=localhost:{port}',
+                      '--config.eval.videos=0', '--config.ril.average_decay=0.5', '--config.mesh.goal=2',
+                      f'--coordinator_address=localhost:{port}',
                       '--num_processes=2', f'--process_id={i}', XLA_FLAGS=flags) for i in (0, 1)]
   outputs = [p.communicate(timeout=900)[0] for p in processes]
   for p, output in zip(processes, outputs):
@@ -350,5 +354,10 @@ def test_policies_load_from_the_run_directory_alone(smoke_run):
                                          values=goal_values)
     summary = evaluation.summarize(evaluate(params, normalizers, key, goals, config['eval']['episodes']))
     assert summary == results[name]
+    if phase == 'ril':  # the agent is the weight average, not the last parameters
+      saved = load_state(str(smoke_run / 'ril' / 'checkpoints'),
+                         phases._ril_target(agent, phases.build(config_dict.ConfigDict(config)).bc))
+      same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+      assert same(params, saved.average) and not same(params, saved.params)
   with pytest.raises(ValueError, match='phase must be'):
     phases.load_policy(str(smoke_run), 'eval')
