@@ -84,9 +84,11 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
         variant=r.variant, pretrain=config.ril.method, num_envs=r.num_envs, episode_steps=r.episode_steps,
         low_reward=r.low_reward, finetune_high=r.finetune_high, finetune_low=r.finetune_low,
         from_scratch=tuple(level.strip() for level in r.from_scratch.split(',') if level.strip()),
+        exploration_log_std=r.get('exploration_log_std'),  # absent in runs saved before the key existed
         update=npg.NPGConfig(step_size=r.step_size), value_hidden=tuple(r.value_hidden), value_epochs=r.value_epochs,
         value_batch_size=r.value_batch_size, relabel=windows, dapg_lambda0=r.dapg_lambda0,
         dapg_lambda1=r.dapg_lambda1, bc_batch_size=r.bc_batch_size, buffer_episodes=r.buffer_episodes)
+    rrf.check_exploration(fine_tuning, bc.policy.min_log_std)
   d = config.distill
   distillation = distill.DistillConfig(d.episodes_per_goal, d.updates, d.batch_size, d.learning_rate)
   for name, value in (('ril.train_steps', config.ril.train_steps), ('rrf.iterations', r.iterations),

@@ -33,6 +33,7 @@ the env (goal progress) over whole episodes, and its BC term draws the tuples it
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -62,6 +63,9 @@ class RRFConfig:
   finetune_high: bool = False  # the paper fine-tunes the low level only
   finetune_low: bool = True
   from_scratch: tuple[str, ...] = ()  # fine-tuned levels re-initialised: ('high',) pre-train-low-only, both HIRO
+  # The fine-tuned levels' log_std (normalized output space) at the start of RRF, i.e. the exploration
+  # noise; None keeps the imitation's. NPG goes on adapting it.
+  exploration_log_std: float | None = None
   update: npg.NPGConfig = npg.NPGConfig()  # the natural-gradient step of each level
   gamma: float = 0.995
   gae_lambda: float = 0.97
@@ -90,6 +94,8 @@ class RRFConfig:
       raise ValueError('nothing to fine-tune: finetune_low and finetune_high are both off.')
     if not set(self.from_scratch) <= set(self.levels):
       raise ValueError(f'from_scratch={self.from_scratch} names levels that are not fine-tuned ({self.levels}).')
+    if self.exploration_log_std is not None and not math.isfinite(self.exploration_log_std):
+      raise ValueError(f'exploration_log_std must be finite or None, got {self.exploration_log_std}.')
     if self.low_reward not in LOW_REWARDS:
       raise ValueError(f'unknown low-level reward {self.low_reward!r}; choose from {LOW_REWARDS}.')
     for name in ('num_envs', 'episode_steps', 'value_epochs', 'value_batch_size', 'bc_batch_size'):
@@ -186,7 +192,7 @@ def init_state(agent: Agent, config: RRFConfig, params: dict[str, Any],
                normalizers: dict[str, networks.PolicyNormalizer], key: jax.Array) -> RRFState:
   """The fine-tuning state from pre-trained (RIL) `params` and `normalizers`: fresh value nets per
   fine-tuned level, fresh policy parameters for the `from_scratch` levels (the normalizers stay the
-  demos') and, for IRIL, an empty buffer. vmap it over keys for per-goal states. The state holds
+  demos'), the fine-tuned levels' log_std at `exploration_log_std` if set and, for IRIL, an empty buffer. vmap it over keys for per-goal states. The state holds
   copies, so donating it to the compiled step leaves the caller's arrays alive."""
   check_agent(agent, config)
   value_net, optimizer = make_value(config), optax.adam(config.value_learning_rate)
@@ -196,6 +202,9 @@ def init_state(agent: Agent, config: RRFConfig, params: dict[str, Any],
   if config.from_scratch:
     key, *scratch_keys = jax.random.split(key, 1 + len(config.from_scratch))
     params.update({level: agent.by_level[level].init(k) for level, k in zip(config.from_scratch, scratch_keys)})
+  if config.exploration_log_std is not None:
+    params.update({level: {**params[level], 'log_std': jnp.full_like(params[level]['log_std'], config.exploration_log_std)}
+                   for level in config.levels})
   return RRFState(params=params, normalizers=normalizers, values=values,
                   value_opt_state={level: optimizer.init(v) for level, v in values.items()},
                   buffer=empty_buffer(config) if config.variant == 'iril' else None, key=key,
@@ -206,9 +215,17 @@ def check_agent(agent: Agent, config: RRFConfig) -> None:
   if (agent.high is None) == (config.pretrain in train.HIERARCHICAL):
     raise ValueError(f"the agent is {'flat' if agent.high is None else 'hierarchical'} but config.pretrain is "
                      f'{config.pretrain!r}: RIL and oracle agents are hierarchical, the GCBC baselines flat.')
+  check_exploration(config, max(agent.by_level[level].config.min_log_std for level in config.levels))
   if agent.horizon != config.relabel.horizon:
     raise ValueError(f'the agent acts every H={agent.horizon} steps but config.relabel.horizon is '
                      f'{config.relabel.horizon}.')
+
+
+def check_exploration(config: RRFConfig, min_log_std: float) -> None:
+  """An `exploration_log_std` below the policies' floor (networks.PolicyConfig.min_log_std) would do nothing."""
+  if config.exploration_log_std is not None and config.exploration_log_std < min_log_std:
+    raise ValueError(f"exploration_log_std={config.exploration_log_std} is below the policies' log_std floor "
+                     f'{min_log_std}: it would have no effect.')
 
 
 def _bc_gradient(network: networks.GaussianPolicy, params, normalizer, batches) -> jax.Array:

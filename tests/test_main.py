@@ -61,6 +61,8 @@ def smoke() -> config_dict.ConfigDict:
     (lambda c: setattr(c.ril, 'subgoal_noise', float('nan')), 'subgoal_noise must be'),
     (lambda c: setattr(c.ril, 'subgoal_finger_noise', -0.01), 'subgoal_finger_noise must be'),
     (lambda c: setattr(c.ril, 'average_decay', 1.0), 'average_decay must be'),
+    (lambda c: setattr(c.rrf, 'exploration_log_std', float('nan')), 'exploration_log_std must be finite'),
+    (lambda c: setattr(c.rrf, 'exploration_log_std', -4.0), "below the policies' log_std floor"),
     (lambda c: setattr(c, 'goal_values', 'human'), 'goal_values must be one of'),
 ])
 def test_invalid_configs_fail_with_a_message(change, message):

@@ -167,6 +167,7 @@ def test_flat_agents_take_the_env_reward_over_whole_episodes():
     (dict(low_reward='dense'), 'unknown low-level reward'),
     (dict(variant='iril', num_envs=8, buffer_episodes=4), 'must hold one iteration'),
     (dict(value_batch_size=1000), 'value_batch_size'),
+    (dict(exploration_log_std=float('nan')), 'exploration_log_std must be finite'),
 ])
 def test_config_errors(overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -182,6 +183,8 @@ def test_agent_errors(env, setup):
     rrf.make_rrf_step(env, agent, rrf_config(pretrain='gcbc'))
   with pytest.raises(ValueError, match='horizon'):
     rrf.init_state(agent, rrf_config(relabel=RelabelConfig(2, 4, 5)), params, normalizers, jax.random.key(0))
+  with pytest.raises(ValueError, match="below the policies' log_std floor"):
+    rrf.init_state(agent, rrf_config(exploration_log_std=-3.5), params, normalizers, jax.random.key(0))
   state = rrf.init_state(agent, rrf_config(), params, normalizers, jax.random.key(0))
   with pytest.raises(ValueError, match='needs the demos'):
     rrf.make_rrf_step(env, agent, rrf_config())(state, goal_vector(GOALS[0]), None)
@@ -242,6 +245,26 @@ def test_pretrain_low_only_and_hiro_learn_their_levels_from_scratch(env, setup):
   state, _ = run(env, setup, hiro)
   for level in ('low', 'high'):
     assert not np.allclose(ravel(state.params[level]), ravel(fresh.params[level]))
+
+
+def test_exploration_log_std_sets_the_fine_tuned_levels_noise_and_nothing_else(env, setup):
+  agent, params, normalizers, _ = setup
+  keep = rrf.init_state(agent, rrf_config(), params, normalizers, jax.random.key(1))
+  start = rrf.init_state(agent, rrf_config(exploration_log_std=-2.5), params, normalizers, jax.random.key(1))
+  np.testing.assert_array_equal(keep.params['low']['log_std'], params['low']['log_std'])
+  np.testing.assert_array_equal(start.params['low']['log_std'], np.full_like(params['low']['log_std'], -2.5))
+  np.testing.assert_array_equal(start.params['high']['log_std'], params['high']['log_std'])  # not fine-tuned
+  np.testing.assert_array_equal(ravel(start.params['low']['mlp']), ravel(params['low']['mlp']))
+  both = rrf.init_state(agent, rrf_config(exploration_log_std=-2.0, finetune_high=True), params, normalizers,
+                        jax.random.key(1))
+  for level in ('low', 'high'):
+    np.testing.assert_array_equal(both.params[level]['log_std'], np.full_like(params[level]['log_std'], -2.0))
+  obs, goal = synthetic_demos().observations[:, 0], synthetic_demos().observations[:, -1]
+  (mean_keep, log_std_keep), (mean, log_std) = (agent.low.apply(s.params['low'], normalizers['low'], obs, goal)
+                                                for s in (keep, start))
+  np.testing.assert_array_equal(mean, mean_keep)  # the same actions on average, with other noise
+  np.testing.assert_allclose(log_std - log_std_keep, np.broadcast_to(-2.5 - params['low']['log_std'], log_std.shape),
+                             atol=1e-6)
 
 
 def test_same_key_same_run_other_key_other_run(env, setup):

@@ -93,6 +93,9 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   config.rrf.finetune_low = True
   config.rrf.from_scratch = ''  # comma-separated fine-tuned levels re-initialised before RRF ('high', 'low,high')
   config.rrf.step_size = 0.05
+  # log_std (normalized output space) of the fine-tuned levels when RRF starts, i.e. its exploration
+  # noise; unset keeps the imitation's (rrf.RRFConfig)
+  config.rrf.exploration_log_std = config_dict.placeholder(float)
   config.rrf.value_hidden = (128, 128)
   config.rrf.value_epochs = 2
   config.rrf.value_batch_size = 64
