@@ -73,6 +73,8 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
                       average_decay=config.ril.get('average_decay', 0.0))
   r = config.rrf
   if r.variant == 'awopt':
+    if r.get('exploration_log_std') is not None:
+      raise ValueError('rrf.exploration_log_std applies to the NPG variants; awopt keeps the imitation\'s noise.')
     a = config.awopt
     fine_tuning = awopt.AWOptConfig(
         pretrain=config.ril.method, num_envs=r.num_envs, episode_steps=r.episode_steps, updates=a.updates,

@@ -192,8 +192,9 @@ def init_state(agent: Agent, config: RRFConfig, params: dict[str, Any],
                normalizers: dict[str, networks.PolicyNormalizer], key: jax.Array) -> RRFState:
   """The fine-tuning state from pre-trained (RIL) `params` and `normalizers`: fresh value nets per
   fine-tuned level, fresh policy parameters for the `from_scratch` levels (the normalizers stay the
-  demos'), the fine-tuned levels' log_std at `exploration_log_std` if set and, for IRIL, an empty buffer. vmap it over keys for per-goal states. The state holds
-  copies, so donating it to the compiled step leaves the caller's arrays alive."""
+  demos'), the fine-tuned levels' log_std at `exploration_log_std` if set and, for IRIL, an empty
+  buffer. vmap it over keys for per-goal states. The state holds copies, so donating it to the
+  compiled step leaves the caller's arrays alive."""
   check_agent(agent, config)
   value_net, optimizer = make_value(config), optax.adam(config.value_learning_rate)
   key, *value_keys = jax.random.split(key, 1 + len(config.levels))
@@ -203,8 +204,8 @@ def init_state(agent: Agent, config: RRFConfig, params: dict[str, Any],
     key, *scratch_keys = jax.random.split(key, 1 + len(config.from_scratch))
     params.update({level: agent.by_level[level].init(k) for level, k in zip(config.from_scratch, scratch_keys)})
   if config.exploration_log_std is not None:
-    params.update({level: {**params[level], 'log_std': jnp.full_like(params[level]['log_std'], config.exploration_log_std)}
-                   for level in config.levels})
+    noise = lambda p: {**p, 'log_std': jnp.full_like(p['log_std'], config.exploration_log_std)}
+    params.update({level: noise(params[level]) for level in config.levels})
   return RRFState(params=params, normalizers=normalizers, values=values,
                   value_opt_state={level: optimizer.init(v) for level, v in values.items()},
                   buffer=empty_buffer(config) if config.variant == 'iril' else None, key=key,

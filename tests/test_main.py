@@ -63,6 +63,8 @@ def smoke() -> config_dict.ConfigDict:
     (lambda c: setattr(c.ril, 'average_decay', 1.0), 'average_decay must be'),
     (lambda c: setattr(c.rrf, 'exploration_log_std', float('nan')), 'exploration_log_std must be finite'),
     (lambda c: setattr(c.rrf, 'exploration_log_std', -4.0), "below the policies' log_std floor"),
+    (lambda c: (setattr(c.rrf, 'variant', 'awopt'), setattr(c.ril, 'method', 'gcbc'),
+                setattr(c.rrf, 'exploration_log_std', -2.0)), 'applies to the NPG variants'),
     (lambda c: setattr(c, 'goal_values', 'human'), 'goal_values must be one of'),
 ])
 def test_invalid_configs_fail_with_a_message(change, message):
