@@ -247,7 +247,7 @@ def test_pretrain_low_only_and_hiro_learn_their_levels_from_scratch(env, setup):
     assert not np.allclose(ravel(state.params[level]), ravel(fresh.params[level]))
 
 
-def test_exploration_log_std_sets_the_fine_tuned_levels_noise_and_nothing_else(env, setup):
+def test_exploration_log_std_sets_the_fine_tuned_levels_noise_and_nothing_else(setup):
   agent, params, normalizers, _ = setup
   keep = rrf.init_state(agent, rrf_config(), params, normalizers, jax.random.key(1))
   start = rrf.init_state(agent, rrf_config(exploration_log_std=-2.5), params, normalizers, jax.random.key(1))
