@@ -88,15 +88,20 @@ def demos_path(config, workdir: str) -> str:
   return path
 
 
-def curve(workdir: str, phase: str, names: list[str], title: str, path: str) -> str:
-  """A PNG of metrics_<phase>.jsonl's `names` against the phase step."""
+def curve(workdir: str, phase: str, panels: list[str | tuple[str, ...]], title: str, path: str) -> str:
+  """A PNG of metrics_<phase>.jsonl against the phase step: one panel per entry of `panels`, a metric
+  name or a tuple of names drawn together (those the records hold)."""
   with open(os.path.join(workdir, f'metrics_{phase}.jsonl')) as f:
     records = [json.loads(line) for line in f]
-  fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3))
-  for ax, name in zip(np.atleast_1d(axes), names):
-    ax.plot([r['step'] for r in records], [np.nan if r.get(name) is None else r[name] for r in records])
+  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3))
+  for ax, panel in zip(np.atleast_1d(axes), panels):
+    names = (panel,) if isinstance(panel, str) else panel
+    for name in names[:1] + tuple(n for n in names[1:] if any(n in r for r in records)):
+      ax.plot([r['step'] for r in records], [np.nan if r.get(name) is None else r[name] for r in records], label=name)
+    if len(ax.lines) > 1:
+      ax.legend(fontsize=7)
     ax.set_xlabel(f'{phase} step')
-    ax.set_title(name, fontsize=9)
+    ax.set_title(names[0], fontsize=9)
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, path), dpi=110)
@@ -186,8 +191,10 @@ def main(argv, config=None, workdir: str | None = None):
   pngs = [] if config.ril.from_workdir else [
       curve(workdir, 'ril', ['nll_low', 'nll_high'][:len(agent.levels)],
             f'{IMITATION[config.ril.method]}: negative log-likelihood', 'ril_curve.png')]
-  diagnostics = ['low/q_loss', 'low/mean_weight'] if config.rrf.variant == 'awopt' else ['low/reward', 'low/kl']
-  pngs.append(curve(workdir, 'rrf', ['success', 'step_completion', *diagnostics],
+  sampled_and_mean = lambda name: (name, f'deterministic/{name}')
+  diagnostics = ['low/q_loss', 'low/mean_weight'] if config.rrf.variant == 'awopt' else [
+      sampled_and_mean('low/reward'), 'low/kl']
+  pngs.append(curve(workdir, 'rrf', [sampled_and_mean('success'), sampled_and_mean('step_completion'), *diagnostics],
                     f'RRF ({config.rrf.variant}), mean over {len(configs.rrf_goals)} goals', 'rrf_curve.png'))
   write_atomic(os.path.join(workdir, 'results.json'),
                lambda f: f.write(json.dumps({'config': run_config, 'goal_values': goal_values, 'results': results},

@@ -29,9 +29,9 @@ import optax
 from flax import struct
 
 from envs.kitchen import ACTION_DIM, tasks
-from rpl_jax import networks, parallel, relabel, train
+from rpl_jax import networks, parallel, relabel, rrf, train
 from rpl_jax.data.demos import PaddedDemos
-from rpl_jax.rollout import Agent, hierarchical_rollout
+from rpl_jax.rollout import Agent, episode_metrics, hierarchical_rollout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,7 @@ class AWOptConfig:
   q_learning_rate: float = 3e-4
   actor_learning_rate: float = 1e-4
   polyak: float = 0.005
+  monitor_episodes: int = 0  # mean-action episodes per iteration, reported as deterministic/* (rrf.monitor_metrics)
 
   def __post_init__(self):
     object.__setattr__(self, 'q_hidden', tuple(self.q_hidden))
@@ -58,6 +59,7 @@ class AWOptConfig:
     for name in ('num_envs', 'episode_steps', 'updates', 'batch_size'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
+    rrf.check_monitor_episodes(self.monitor_episodes)
     if not 0 <= self.demo_fraction <= 1 or not 0 < self.polyak <= 1 or not 0 < self.gamma <= 1:
       raise ValueError(f'need demo_fraction in [0, 1], polyak and gamma in (0, 1], got {self.demo_fraction}, '
                        f'{self.polyak} and {self.gamma}.')
@@ -227,11 +229,11 @@ def make_awopt_step(env, agent: Agent, config: AWOptConfig, mesh=None):
     carry = (state.params['low'], state.q, state.q_target, state.actor_opt_state, state.q_opt_state)
     (actor, q, q_target, actor_opt, q_opt), losses = jax.lax.scan(update, carry,
                                                                    jax.random.split(update_key, config.updates))
-    metrics = {'success': jnp.mean(trajectory.success[:, -1]),
-               'step_completion': jnp.mean(trajectory.step_completion[:, -1]),
-               'element_completion': jnp.mean(trajectory.completed[:, -1], axis=0),
-               'nan_physics': jnp.sum(trajectory.nan_physics), 'buffer_size': state.size,
+    metrics = {**episode_metrics(trajectory), 'nan_physics': jnp.sum(trajectory.nan_physics), 'buffer_size': state.size,
                **{f'low/{name}': jnp.mean(value) for name, value in losses.items()}}
+    if config.monitor_episodes:  # the actor that drew this iteration's rollouts, acting with its mean
+      metrics.update(rrf.monitor_metrics(rrf.monitor_rollout(env, agent, state.params, state.normalizers, goal,
+                                                              config.monitor_episodes, config.episode_steps, mesh)))
     state = state.replace(params=dict(state.params, low=actor), q=q, q_target=q_target, actor_opt_state=actor_opt,
                           q_opt_state=q_opt, key=key, iteration=state.iteration + 1)
     return state, metrics

@@ -72,6 +72,7 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
                       subgoal_finger_noise=config.ril.get('subgoal_finger_noise', 0.0),
                       average_decay=config.ril.get('average_decay', 0.0))
   r = config.rrf
+  monitor_episodes = r.get('monitor_episodes', 0)  # absent in runs saved before the key existed
   if r.variant == 'awopt':
     if r.get('exploration_log_std') is not None:
       raise ValueError('rrf.exploration_log_std applies to the NPG variants; awopt keeps the imitation\'s noise.')
@@ -80,7 +81,8 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
         pretrain=config.ril.method, num_envs=r.num_envs, episode_steps=r.episode_steps, updates=a.updates,
         batch_size=a.batch_size, demo_fraction=a.demo_fraction, buffer_transitions=a.buffer_transitions,
         gamma=a.gamma, beta=a.beta, max_weight=a.max_weight, q_hidden=tuple(a.q_hidden),
-        q_learning_rate=a.q_learning_rate, actor_learning_rate=a.actor_learning_rate, polyak=a.polyak)
+        q_learning_rate=a.q_learning_rate, actor_learning_rate=a.actor_learning_rate, polyak=a.polyak,
+        monitor_episodes=monitor_episodes)
   else:
     fine_tuning = rrf.RRFConfig(
         variant=r.variant, pretrain=config.ril.method, num_envs=r.num_envs, episode_steps=r.episode_steps,
@@ -89,7 +91,8 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
         exploration_log_std=r.get('exploration_log_std'),  # absent in runs saved before the key existed
         update=npg.NPGConfig(step_size=r.step_size), value_hidden=tuple(r.value_hidden), value_epochs=r.value_epochs,
         value_batch_size=r.value_batch_size, relabel=windows, dapg_lambda0=r.dapg_lambda0,
-        dapg_lambda1=r.dapg_lambda1, bc_batch_size=r.bc_batch_size, buffer_episodes=r.buffer_episodes)
+        dapg_lambda1=r.dapg_lambda1, bc_batch_size=r.bc_batch_size, buffer_episodes=r.buffer_episodes,
+        monitor_episodes=monitor_episodes)
     rrf.check_exploration(fine_tuning, bc.policy.min_log_std)
   d = config.distill
   distillation = distill.DistillConfig(d.episodes_per_goal, d.updates, d.batch_size, d.learning_rate)
@@ -106,7 +109,8 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
   mesh = parallel.make_mesh(data=config.mesh.data, goal=config.mesh.goal)
   parallel.check_divisible(mesh, parallel.AXES, **{'ril.batch_size': config.ril.batch_size})
   parallel.check_divisible(mesh, (parallel.GOAL,), **{'the number of rrf.goals': len(rrf_goals)})
-  parallel.check_divisible(mesh, (parallel.DATA,), **{'rrf.num_envs': r.num_envs, 'rrf.bc_batch_size': r.bc_batch_size})
+  parallel.check_divisible(mesh, (parallel.DATA,), **{'rrf.num_envs': r.num_envs, 'rrf.bc_batch_size': r.bc_batch_size,
+                                                      'rrf.monitor_episodes': monitor_episodes})
   return RunConfigs(bc, fine_tuning, distillation, rrf_goals, goal_list(config.eval.goals), goal_values, mesh)
 
 
@@ -199,10 +203,13 @@ def ril(workdir: str, run_config: dict, configs: RunConfigs, demos, seed: int, t
 
 def rrf_scalars(metrics: dict[str, np.ndarray], goals: tuple[str, ...]) -> dict[str, float]:
   """Per-goal RRF metrics ([G] arrays) as scalars: the mean over goals under each name, each goal's
-  success and step completion under 'goal/<goal>/', and per-element completion under 'element/'."""
+  success and step completion (sampled and, when monitored, deterministic) under 'goal/<goal>/', and
+  per-element completion under 'element/'."""
   values = {name: float(np.mean(value)) for name, value in metrics.items() if name != 'element_completion'}
+  per_goal = [name for name in ('success', 'step_completion', 'deterministic/success', 'deterministic/step_completion')
+              if name in metrics]
   for g, goal in enumerate(goals):
-    for name in ('success', 'step_completion'):
+    for name in per_goal:
       values[f'goal/{goal}/{name}'] = float(metrics[name][g])
   asked = np.stack([tasks.element_mask(goal) for goal in goals])  # [G, 7]
   for i, element in enumerate(tasks.ELEMENTS):

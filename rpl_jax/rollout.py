@@ -133,3 +133,11 @@ def agent_rollout(env, agent: Agent, params, normalizers, keys: jax.Array, goals
   low, high = agent.policies(params, normalizers, deterministic)
   run = lambda key, goal: hierarchical_rollout(env, low, high, agent.horizon, num_steps, key, goal)
   return jax.vmap(run)(keys, goals)
+
+
+def episode_metrics(trajectory: Trajectory) -> dict[str, jax.Array]:
+  """Means over a batch of episodes ([N, T + 1, ...] fields) of the final success and step
+  completion, and the per-element completion [7]."""
+  return {'success': jnp.mean(trajectory.success[:, -1]),
+          'step_completion': jnp.mean(trajectory.step_completion[:, -1]),
+          'element_completion': jnp.mean(trajectory.completed[:, -1], axis=0)}

@@ -3,7 +3,9 @@
 An iteration (`make_rrf_step`) runs `num_envs` episodes of the stochastic agent toward one goal,
 rewards each fine-tuned level, estimates advantages by GAE against a fitted value baseline, takes an
 NPG step per level (rpl_jax.npg; the levels are optimised separately, as in the paper), refits the
-baselines and reports metrics, all in one pure function with no host round-trip. vmap it over goals
+baselines and reports metrics, all in one pure function with no host round-trip. With
+`monitor_episodes`, it also runs that many episodes of the agent's mean actions from fixed resets
+and reports them under 'deterministic/' (the agent that evaluation scores). vmap it over goals
 (`jit_rrf_step(per_goal=True)`) to fine-tune every compound goal at once, each with its own
 parameters, value nets, buffers and keys.
 
@@ -46,10 +48,11 @@ from envs.kitchen import ACTION_DIM, tasks
 from rpl_jax import networks, npg, parallel, relabel, train
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.relabel import RelabelConfig
-from rpl_jax.rollout import Agent, hierarchical_rollout
+from rpl_jax.rollout import Agent, Trajectory, agent_rollout, episode_metrics, hierarchical_rollout
 
 VARIANTS = ('npg', 'dapg', 'iril')
 LOW_REWARDS = ('sparse', 'euclidean', 'elementwise')
+MONITOR_SEED = 0  # the monitor's resets (monitor_episodes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +81,8 @@ class RRFConfig:
   dapg_lambda1: float = 0.95
   bc_batch_size: int = 256  # tuples per level per BC gradient (from demos, and from the buffer for iril)
   buffer_episodes: int = 256  # IRIL ring-buffer capacity, in episodes
+  # Mean-action episodes per iteration (per goal), reported as deterministic/* (monitor_metrics); 0: none
+  monitor_episodes: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, 'value_hidden', tuple(self.value_hidden))
@@ -101,6 +106,7 @@ class RRFConfig:
     for name in ('num_envs', 'episode_steps', 'value_epochs', 'value_batch_size', 'bc_batch_size'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
+    check_monitor_episodes(self.monitor_episodes)
     if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
       raise ValueError(f'need gamma in (0, 1] and gae_lambda in [0, 1], got {self.gamma} and {self.gae_lambda}.')
     if not (self.reach_threshold > 0 and self.value_learning_rate > 0 and self.dapg_lambda0 >= 0
@@ -229,6 +235,28 @@ def check_exploration(config: RRFConfig, min_log_std: float) -> None:
                      f'{min_log_std}: it would have no effect.')
 
 
+def check_monitor_episodes(count: int) -> None:
+  if count < 0:
+    raise ValueError(f'monitor_episodes must be >= 0, got {count}.')
+
+
+def monitor_rollout(env, agent: Agent, params, normalizers, goal: jax.Array, count: int, num_steps: int,
+                     mesh=None) -> Trajectory:
+  """`count` episodes of the agent's mean actions toward `goal`, from the same resets (MONITOR_SEED)
+  at every iteration and for every goal and run: the training rollouts sample their actions, the
+  evaluated agent does not, and on this task the two can move in opposite directions (BUILD_NOTES.md,
+  session 21). Split over the mesh's data axis."""
+  keys = parallel.shard_batch(jax.random.split(jax.random.key(MONITOR_SEED), count), mesh)
+  return agent_rollout(env, agent, params, normalizers, keys, jnp.broadcast_to(goal, (count,) + goal.shape[-1:]),
+                       num_steps, deterministic=True)
+
+
+def monitor_metrics(trajectory: Trajectory) -> dict[str, jax.Array]:
+  """The monitor's success and step completion, under 'deterministic/'."""
+  metrics = episode_metrics(trajectory)
+  return {f'deterministic/{name}': metrics[name] for name in ('success', 'step_completion')}
+
+
 def _bc_gradient(network: networks.GaussianPolicy, params, normalizer, batches) -> jax.Array:
   """Flat gradient of the mean log-likelihood over pools; `batches` are (inputs, tuple count) pairs,
   so each pool weighs in proportion to its tuples, as one union would."""
@@ -300,10 +328,14 @@ def make_rrf_step(env, agent: Agent, config: RRFConfig, mesh=None):
     samples = _level_samples(config, agent.horizon, trajectory, goal)
     pools = [pool for pool in (demos, None if buffer is None else buffer.episodes) if pool is not None]
     weight = dapg_weight(config, state.iteration)
-    metrics = {'success': jnp.mean(trajectory.success[:, -1]),
-               'step_completion': jnp.mean(trajectory.step_completion[:, -1]),
-               'element_completion': jnp.mean(trajectory.completed[:, -1], axis=0),
-               'nan_physics': jnp.sum(trajectory.nan_physics), 'bc_weight': weight}
+    metrics = {**episode_metrics(trajectory), 'nan_physics': jnp.sum(trajectory.nan_physics), 'bc_weight': weight}
+    if config.monitor_episodes:  # the parameters that drew this iteration's rollouts, acting with their means
+      monitored = monitor_rollout(env, agent, state.params, state.normalizers, goal, config.monitor_episodes, steps,
+                                   mesh)
+      monitored_samples = _level_samples(config, agent.horizon, monitored, goal)
+      metrics.update(monitor_metrics(monitored))
+      metrics.update({f'deterministic/{level}/reward': jnp.mean(monitored_samples[level]['reward'])
+                      for level in config.levels})
     params, values, value_opt_state, skipped = dict(state.params), dict(state.values), dict(state.value_opt_state), 0
     level_keys = dict(zip(config.levels, jax.random.split(bc_key, len(config.levels))))
     fit_keys = dict(zip(config.levels, jax.random.split(value_key, len(config.levels))))

@@ -1,6 +1,8 @@
 """The AW-Opt-style trainer: AWR weights and Q targets against closed forms and a Python loop, the
 goal-progress reward against brute force, and the compiled iteration (compiles once, fills the
-replay buffer, moves the actor and the critic)."""
+replay buffer, moves the actor and the critic; the mean-action monitor changes nothing else)."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -65,10 +67,12 @@ def test_iteration_compiles_once_fills_the_buffer_and_trains_both_networks():
   state = awopt.init_state(agent, config, pretrained.params, pretrained.normalizers, jax.random.key(1))
   start = jax.device_get(state)
   step = jax.jit(awopt.make_awopt_step(env, agent, config), donate_argnums=0)
-  sizes = []
+  goal = jnp.asarray(tasks.goal_state(GOAL), jnp.float32)
+  sizes, history = [], []
   for _ in range(2):
-    state, metrics = step(state, jnp.asarray(tasks.goal_state(GOAL), jnp.float32), train.device_demos(demos))
+    state, metrics = step(state, goal, train.device_demos(demos))
     sizes.append(int(metrics['buffer_size']))
+    history.append(jax.device_get(metrics))
     assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values())
   assert step._cache_size() == 1 and sizes == [14, 20] and int(state.cursor) == 8  # 28 written, capacity 20
   ravel = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
@@ -77,3 +81,14 @@ def test_iteration_compiles_once_fills_the_buffer_and_trains_both_networks():
   assert not np.allclose(ravel(state.params['low']), ravel(start.params['low']))
   # The buffer holds the second iteration's transitions at slots 14..19 and 0..7, each (s, a, s') of a rollout.
   assert np.asarray(state.buffer.obs[:8]).any() and np.asarray(state.buffer.obs[8:14]).any()
+  # The mean-action monitor adds its metrics and changes nothing else.
+  monitored = dataclasses.replace(config, monitor_episodes=2)
+  monitored_state = awopt.init_state(agent, monitored, pretrained.params, pretrained.normalizers, jax.random.key(1))
+  monitored_step = jax.jit(awopt.make_awopt_step(env, agent, monitored), donate_argnums=0)
+  for plain in history:
+    monitored_state, metrics = monitored_step(monitored_state, goal, train.device_demos(demos))
+    assert set(metrics) - set(plain) == {'deterministic/success', 'deterministic/step_completion'}
+    for name, value in plain.items():
+      np.testing.assert_array_equal(metrics[name], value, err_msg=name)
+  np.testing.assert_array_equal(ravel((monitored_state.params, monitored_state.q, monitored_state.buffer)),
+                                ravel((state.params, state.q, state.buffer)))

@@ -66,6 +66,7 @@ def smoke() -> config_dict.ConfigDict:
     (lambda c: (setattr(c.rrf, 'variant', 'awopt'), setattr(c.ril, 'method', 'gcbc'),
                 setattr(c.rrf, 'exploration_log_std', -2.0)), 'applies to the NPG variants'),
     (lambda c: setattr(c, 'goal_values', 'human'), 'goal_values must be one of'),
+    (lambda c: setattr(c.rrf, 'monitor_episodes', -1), 'monitor_episodes must be >= 0'),
 ])
 def test_invalid_configs_fail_with_a_message(change, message):
   config = smoke()
@@ -165,6 +166,10 @@ def test_smoke_preset_writes_the_report(smoke_run):
   rrf = [json.loads(line) for line in (smoke_run / 'metrics_rrf.jsonl').read_text().splitlines()]
   assert [r['step'] for r in rrf] == [1, 2, 3]
   assert all(0 <= r['step_completion'] <= 4 and r['low/kl'] is not None for r in rrf)
+  # The preset's mean-action monitor, per goal and over goals.
+  goals = main_config.get_config('smoke').rrf.goals.split(',')
+  assert all(0 <= r['deterministic/step_completion'] <= 4 and np.isfinite(r['deterministic/low/reward']) for r in rrf)
+  assert all(f'goal/{goal}/deterministic/success' in r for r in rrf for goal in goals)
   # The demos record the expert's version: a resumed generation cannot mix two experts' demos.
   assert read_metadata(str(smoke_run / 'demos'))['config']['expert']['version'] == expert.VERSION
 

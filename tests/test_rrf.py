@@ -4,6 +4,7 @@ determinism per key, the per-goal vmap against separate per-goal steps, the BC t
 the demos), on the C MuJoCo backend at a tiny size."""
 
 import collections
+import dataclasses
 import functools
 
 import jax
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from envs.kitchen import KitchenConfig, KitchenEnv, tasks
-from rpl_jax import networks, relabel, rrf, train
+from rpl_jax import networks, relabel, rollout, rrf, train
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.relabel import RelabelConfig
 from rpl_jax.rollout import Trajectory
@@ -168,6 +169,7 @@ def test_flat_agents_take_the_env_reward_over_whole_episodes():
     (dict(variant='iril', num_envs=8, buffer_episodes=4), 'must hold one iteration'),
     (dict(value_batch_size=1000), 'value_batch_size'),
     (dict(exploration_log_std=float('nan')), 'exploration_log_std must be finite'),
+    (dict(monitor_episodes=-1), 'monitor_episodes must be >= 0'),
 ])
 def test_config_errors(overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -265,6 +267,37 @@ def test_exploration_log_std_sets_the_fine_tuned_levels_noise_and_nothing_else(s
   np.testing.assert_array_equal(mean, mean_keep)  # the same actions on average, with other noise
   np.testing.assert_allclose(log_std - log_std_keep, np.broadcast_to(-2.5 - params['low']['log_std'], log_std.shape),
                              atol=1e-6)
+
+
+def test_monitor_reports_the_mean_agent_that_drew_the_rollouts_and_leaves_training_alone(env, setup):
+  """deterministic/* are the mean actions' episodes from the fixed resets, with the parameters
+  before the iteration's update; the training stream is the unmonitored run's exactly."""
+  agent, _, _, _ = setup
+  config = rrf_config(variant='dapg', low_reward='euclidean', finetune_high=True)
+  monitored = dataclasses.replace(config, monitor_episodes=3)
+  state, history = run(env, setup, config, iterations=2)
+  monitored_state, monitored_history = run(env, setup, monitored, iterations=2)
+  trained = lambda s: ravel((s.params, s.values, s.value_opt_state, jax.random.key_data(s.key)))
+  np.testing.assert_array_equal(trained(monitored_state), trained(state))
+  for plain, metrics in zip(history, monitored_history):
+    assert set(metrics) - set(plain) == {'deterministic/success', 'deterministic/step_completion',
+                                         'deterministic/low/reward', 'deterministic/high/reward'}
+    for name, value in plain.items():
+      np.testing.assert_array_equal(metrics[name], value, err_msg=name)
+  after_one, _ = run(env, setup, config, iterations=1)
+  goal = goal_vector(GOALS[0])
+  episodes = rollout.agent_rollout(env, agent, after_one.params, after_one.normalizers,
+                                   jax.random.split(jax.random.key(rrf.MONITOR_SEED), 3),
+                                   jnp.broadcast_to(goal, (3, tasks.NQ)), config.episode_steps, deterministic=True)
+  observations, subgoals = np.asarray(episodes.observations), np.asarray(episodes.subgoals)
+  low_reward = -np.linalg.norm(observations[:, 1:] - subgoals, axis=-1).mean()
+  second = monitored_history[1]
+  np.testing.assert_allclose(second['deterministic/low/reward'], low_reward, rtol=1e-5)
+  assert second['deterministic/step_completion'] == np.asarray(episodes.step_completion)[:, -1].mean()
+  assert second['deterministic/success'] == np.asarray(episodes.success)[:, -1].mean()
+  # Neither the sampled rollouts nor the pre-trained parameters: each differs by far more than the tolerance.
+  for other in (second['low/reward'], monitored_history[0]['deterministic/low/reward']):
+    assert abs(float(other) - low_reward) > 1e-3 * abs(low_reward)
 
 
 def test_same_key_same_run_other_key_other_run(env, setup):

@@ -29,7 +29,7 @@ PRESETS = {
         'ril.hidden': (32, 32), 'ril.train_steps': 4, 'ril.updates_per_step': 5, 'ril.batch_size': 32,
         'rrf.goals': 'microwave-kettle-topknob-hinge,kettle-bottomknob-switch-slide', 'rrf.variant': 'iril',
         'rrf.num_envs': 2, 'rrf.episode_steps': 30, 'rrf.iterations': 3, 'rrf.value_hidden': (16,),
-        'rrf.value_batch_size': 16, 'rrf.bc_batch_size': 32, 'rrf.buffer_episodes': 4,
+        'rrf.value_batch_size': 16, 'rrf.bc_batch_size': 32, 'rrf.buffer_episodes': 4, 'rrf.monitor_episodes': 2,
         'awopt.updates': 5, 'awopt.batch_size': 32, 'awopt.buffer_transitions': 120, 'awopt.q_hidden': (16,),
         'distill.episodes_per_goal': 1, 'distill.updates': 20, 'distill.batch_size': 32,
         'eval.episodes': 1, 'eval.episode_steps': 30, 'eval.videos': 1,
@@ -103,6 +103,9 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   config.rrf.dapg_lambda1 = 0.95
   config.rrf.bc_batch_size = 256
   config.rrf.buffer_episodes = 64
+  # Mean-action episodes per goal and iteration, from fixed resets, logged as deterministic/*: the
+  # agent that evaluation scores, which the sampled rollouts' curves can misrepresent. 0: none.
+  config.rrf.monitor_episodes = 8
 
   config.awopt = config_dict.ConfigDict()  # rrf.variant=awopt (rpl_jax/awopt.py); envs, steps, goals: rrf.*
   config.awopt.updates = 100
