@@ -1,10 +1,12 @@
 """One RRF iteration, per-goal vmapped: compile time, iteration time, env-steps/s, the rollout's time
 (the same rollout jitted alone) and the rest of the iteration (relabeling, advantages, NPG, value
-fit), and the XLA compilations during the timed iterations (0: no recompiles). With --devices, a
+fit), the mean-action monitor's rollout alone (--monitor_episodes), and the XLA compilations during
+the timed iterations (0: no recompiles). With --devices, a
 weak-scaling run: the envs per goal grow with the devices of the mesh's data axis
 (rpl_jax.parallel), --num_envs per device.
 
   python experiments/bench_rrf.py --goals=3 --num_envs=32 --iterations=10 --out=experiments/bench_rrf_cpu.json
+  python experiments/bench_rrf.py --goals=3 --num_envs=32 --monitor_episodes=8   # the mean-action monitor's cost
   python experiments/bench_rrf.py --backend=mjx --goals=17 --num_envs=256   # an accelerator
   python experiments/bench_rrf.py --devices=1,2,4 --host_devices=4 --out=experiments/bench_scaling_cpu.json
   python experiments/bench_rrf.py --backend=mjx --devices=1,2,4,8 --num_envs=512   # an 8-GPU host
@@ -34,6 +36,8 @@ _NUM_ENVS = flags.DEFINE_integer('num_envs', 32, 'Episodes per goal per iteratio
 _STEPS = flags.DEFINE_integer('episode_steps', 280, 'Steps per episode.')
 _ITERATIONS = flags.DEFINE_integer('iterations', 10, 'Timed iterations after the first (compiling) one.')
 _VARIANT = flags.DEFINE_enum('variant', 'dapg', list(rrf.VARIANTS), 'RRF variant.')
+_MONITOR = flags.DEFINE_integer('monitor_episodes', 0, 'Mean-action monitor episodes per goal per iteration; '
+                                'when > 0 their rollout is also timed alone.')
 _DEVICES = flags.DEFINE_list('devices', [], 'Weak scaling: data-axis device counts to run (e.g. 1,2,4); empty: '
                              'one run without a mesh.')
 _HOST_DEVICES = flags.DEFINE_integer('host_devices', 0, 'Virtual CPU devices to create (0: the host as one).')
@@ -50,7 +54,7 @@ def measure(env, num_envs: int, mesh) -> dict:
   """Times the per-goal iteration and its rollout for `num_envs` envs per goal on `mesh` (or None)."""
   bc = train.BCConfig()
   config = rrf.RRFConfig(variant=_VARIANT.value, num_envs=num_envs, episode_steps=_STEPS.value,
-                         buffer_episodes=max(256, num_envs))
+                         buffer_episodes=max(256, num_envs), monitor_episodes=_MONITOR.value)
   rng = np.random.default_rng(0)
   steps = 300
   demos = PaddedDemos(np.asarray(tasks.INIT_QPOS, np.float32) + 0.01 * rng.normal(size=(8, steps + 1, tasks.NQ)).astype(
@@ -79,21 +83,33 @@ def measure(env, num_envs: int, mesh) -> dict:
   low, high = agent.policies(params, normalizers, deterministic=False)
   episode = lambda k, g: hierarchical_rollout(env, low, high, agent.horizon, _STEPS.value, k, g)
   per_goal = lambda k, g: jax.vmap(episode, in_axes=(0, None))(parallel.shard_batch(jax.random.split(k, num_envs), mesh), g)
-  rollout = jax.jit(jax.vmap(per_goal, spmd_axis_name=None if mesh is None else parallel.GOAL))
+  goal_axis = None if mesh is None else parallel.GOAL
+  rollout = jax.jit(jax.vmap(per_goal, spmd_axis_name=goal_axis))
   keys = parallel.put(jax.random.split(jax.random.key(2), len(goal_names)), mesh, parallel.GOAL)
-  jax.block_until_ready(rollout(keys, goals))
-  start = time.perf_counter()
-  for _ in range(3):
-    out = rollout(keys, goals)
-  jax.block_until_ready(out)
-  rollout_seconds = (time.perf_counter() - start) / 3
+  rollout_seconds = seconds_per_call(lambda: rollout(keys, goals))
 
   env_steps = len(goal_names) * num_envs * _STEPS.value
-  return {'devices': parallel.devices_along(mesh, parallel.AXES), 'goals': len(goal_names), 'num_envs': num_envs,
-          'first_call_s': first, 'compile_s_estimate': first - iteration, 'iteration_s': iteration,
-          'env_steps_per_iteration': env_steps, 'env_steps_per_s': env_steps / iteration,
-          'rollout_s': rollout_seconds, 'rollout_share': rollout_seconds / iteration,
-          'update_s': iteration - rollout_seconds, 'compiles_in_timed_iterations': compiles}
+  result = {'devices': parallel.devices_along(mesh, parallel.AXES), 'goals': len(goal_names), 'num_envs': num_envs,
+            'monitor_episodes': _MONITOR.value, 'first_call_s': first, 'compile_s_estimate': first - iteration,
+            'iteration_s': iteration, 'env_steps_per_iteration': env_steps, 'env_steps_per_s': env_steps / iteration,
+            'rollout_s': rollout_seconds, 'rollout_share': rollout_seconds / iteration,
+            'update_s': iteration - rollout_seconds, 'compiles_in_timed_iterations': compiles}
+  if _MONITOR.value:
+    monitor = jax.jit(jax.vmap(lambda g: rrf.monitor_rollout(env, agent, params, normalizers, g, _MONITOR.value,
+                                                              _STEPS.value, mesh), spmd_axis_name=goal_axis))
+    result['monitor_s'] = seconds_per_call(lambda: monitor(goals))
+    result['monitor_share'] = result['monitor_s'] / iteration
+  return result
+
+
+def seconds_per_call(call, repeats: int = 3) -> float:
+  """Mean wall time of `call()` over `repeats` calls after a first (compiling) one."""
+  jax.block_until_ready(call())
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = call()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / repeats
 
 
 def main(argv):
