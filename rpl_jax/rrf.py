@@ -241,7 +241,7 @@ def check_monitor_episodes(count: int) -> None:
 
 
 def monitor_rollout(env, agent: Agent, params, normalizers, goal: jax.Array, count: int, num_steps: int,
-                     mesh=None) -> Trajectory:
+                    mesh=None) -> Trajectory:
   """`count` episodes of the agent's mean actions toward `goal`, from the same resets (MONITOR_SEED)
   at every iteration and for every goal and run: the training rollouts sample their actions, the
   evaluated agent does not, and on this task the two can move in opposite directions (BUILD_NOTES.md,
@@ -331,7 +331,7 @@ def make_rrf_step(env, agent: Agent, config: RRFConfig, mesh=None):
     metrics = {**episode_metrics(trajectory), 'nan_physics': jnp.sum(trajectory.nan_physics), 'bc_weight': weight}
     if config.monitor_episodes:  # the parameters that drew this iteration's rollouts, acting with their means
       monitored = monitor_rollout(env, agent, state.params, state.normalizers, goal, config.monitor_episodes, steps,
-                                   mesh)
+                                  mesh)
       monitored_samples = _level_samples(config, agent.horizon, monitored, goal)
       metrics.update(monitor_metrics(monitored))
       metrics.update({f'deterministic/{level}/reward': jnp.mean(monitored_samples[level]['reward'])
