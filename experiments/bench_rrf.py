@@ -88,18 +88,19 @@ def measure(env, num_envs: int, mesh) -> dict:
   keys = parallel.put(jax.random.split(jax.random.key(2), len(goal_names)), mesh, parallel.GOAL)
   rollout_seconds = seconds_per_call(lambda: rollout(keys, goals))
 
-  env_steps = len(goal_names) * num_envs * _STEPS.value
-  result = {'devices': parallel.devices_along(mesh, parallel.AXES), 'goals': len(goal_names), 'num_envs': num_envs,
-            'monitor_episodes': _MONITOR.value, 'first_call_s': first, 'compile_s_estimate': first - iteration,
-            'iteration_s': iteration, 'env_steps_per_iteration': env_steps, 'env_steps_per_s': env_steps / iteration,
-            'rollout_s': rollout_seconds, 'rollout_share': rollout_seconds / iteration,
-            'update_s': iteration - rollout_seconds, 'compiles_in_timed_iterations': compiles}
+  monitor_seconds = 0.0
   if _MONITOR.value:
     monitor = jax.jit(jax.vmap(lambda g: rrf.monitor_rollout(env, agent, params, normalizers, g, _MONITOR.value,
                                                               _STEPS.value, mesh), spmd_axis_name=goal_axis))
-    result['monitor_s'] = seconds_per_call(lambda: monitor(goals))
-    result['monitor_share'] = result['monitor_s'] / iteration
-  return result
+    monitor_seconds = seconds_per_call(lambda: monitor(goals))
+
+  env_steps = len(goal_names) * num_envs * _STEPS.value
+  return {'devices': parallel.devices_along(mesh, parallel.AXES), 'goals': len(goal_names), 'num_envs': num_envs,
+          'monitor_episodes': _MONITOR.value, 'first_call_s': first, 'compile_s_estimate': first - iteration,
+          'iteration_s': iteration, 'env_steps_per_iteration': env_steps, 'env_steps_per_s': env_steps / iteration,
+          'rollout_s': rollout_seconds, 'rollout_share': rollout_seconds / iteration,
+          'monitor_s': monitor_seconds, 'monitor_share': monitor_seconds / iteration,
+          'update_s': iteration - rollout_seconds - monitor_seconds, 'compiles_in_timed_iterations': compiles}
 
 
 def seconds_per_call(call, repeats: int = 3) -> float:
