@@ -11,7 +11,8 @@ methods face the same episodes; a method that is another's config on this preset
 see run_directory); the demos are generated once into <workdir>/demos. Rerunning the
 same command skips finished runs and resumes an interrupted one. Writes <workdir>/compare.md (the
 table, mean +- std over seeds), compare.json, curves.png (the paper's Fig. 6: success and step
-completion of the per-goal fine-tuned agents against environment steps, mean +- std over seeds) and,
+completion of the per-goal fine-tuned agents against environment steps, mean +- std over seeds, for
+the sampled rollouts and, where the runs monitored it, the mean actions) and,
 when ablation methods ran, ablations.png (Fig. 7: W_l and the low-level reward).
 """
 
@@ -49,6 +50,8 @@ METHODS = {  # name -> main-job config overrides
     **{f'rpl_dapg_{r}': {'rrf.variant': 'dapg', 'rrf.low_reward': r} for r in REWARDS},
 }
 AGENTS = ('imitation', 'rrf', 'distilled', 'nearest neighbour')  # the columns of a run's evaluation
+# RRF curves: the sampled rollouts', then the mean-action monitor's (rrf.monitor_episodes)
+CURVES = ('success', 'step_completion', 'deterministic/success', 'deterministic/step_completion')
 
 _METHODS = flags.DEFINE_list('methods', ['rpl_dapg', 'gcbc_ft', 'bc_ft'], f"Methods, or 'all': {sorted(METHODS)}.")
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Training seeds of every method.')
@@ -83,7 +86,7 @@ def run_results(workdir: str) -> dict:
   with open(os.path.join(workdir, 'metrics_rrf.jsonl')) as f:
     curve = [json.loads(line) for line in f]
   return {'agents': by_kind, 'env_steps': [c['step'] * env_steps_per_iteration for c in curve],
-          'success': [c['success'] for c in curve], 'step_completion': [c['step_completion'] for c in curve]}
+          **{name: [c[name] for c in curve] for name in CURVES if name in curve[0]}}
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -110,9 +113,12 @@ def markdown(table: dict[str, dict]) -> str:
 
 
 def plot_curves(runs: dict[str, list[dict]], path: str) -> None:
-  fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
+  """Fig. 6: the sampled rollouts' curves and, when every run monitored them, the mean actions'."""
+  metrics = [m for m in CURVES if all(m in s for seeds in runs.values() for s in seeds)]
+  rows = len(metrics) // 2  # success and step completion side by side, sampled then mean actions
+  fig, axes = plt.subplots(rows, 2, figsize=(12, 3.5 * rows), squeeze=False)
   colors = plt.get_cmap('tab10').colors
-  for ax, metric in zip(axes, ('success', 'step_completion')):
+  for ax, metric in zip(axes.flat, metrics):
     for i, (method, seeds) in enumerate(runs.items()):
       # Ten colours, then the same colours dashed, then dotted: every method keeps its own line.
       color, style = colors[i % len(colors)], ('-', '--', ':')[(i // len(colors)) % 3]
@@ -121,8 +127,9 @@ def plot_curves(runs: dict[str, list[dict]], path: str) -> None:
       ax.plot(x, y.mean(0), label=method, color=color, linestyle=style)
       ax.fill_between(x, y.mean(0) - y.std(0), y.mean(0) + y.std(0), color=color, alpha=0.15)
     ax.set_xlabel('environment steps (RRF)')
-    ax.set_title(f'per-goal fine-tuning: {metric}', fontsize=9)
-  axes[1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1.0))
+    actions, name = metric.split('/') if '/' in metric else ('sampled', metric)
+    ax.set_title(f"per-goal fine-tuning, {actions.replace('deterministic', 'mean')} actions: {name}", fontsize=9)
+  axes[0, 1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -260,6 +260,11 @@ def test_compare_runs_baselines_through_the_main_job(smoke_run, tmp_path):
   table = json.loads((tmp_path / 'compare.json').read_text())['table']['dapg_bc']
   assert table['distilled/step_completion']['mean'] == results['results']['distilled']['step_completion']
   assert table['rrf/success']['seeds'] == 1 and (tmp_path / 'curves.png').exists()
+  # Fig. 6's curves, sampled and (the smoke preset monitors) mean actions, per RRF iteration.
+  curves = json.loads((tmp_path / 'compare.json').read_text())['runs']['dapg_bc'][0]
+  logged = [json.loads(line) for line in (run / 'metrics_rrf.jsonl').read_text().splitlines()]
+  for name in ('success', 'deterministic/success', 'deterministic/step_completion'):
+    assert curves[name] == [r[name] for r in logged]
   assert '| dapg_bc |' in (tmp_path / 'compare.md').read_text()
   oracle = json.loads((tmp_path / 'oracle_rrf' / 'seed3' / 'results.json').read_text())['results']
   assert 'oracle-segmented IL' in oracle and oracle['RRF per goal (dapg)']['episodes'] == 2
