@@ -9,7 +9,9 @@ vmaps it over goals, checkpoints and logs it the same way):
      - critic: Q(s, g, a) regressed to the target r + gamma (1 - done) Q_target(s', g, mu(s', g));
      - actor: advantage-weighted regression, -mean(w log pi(a | s, g)) with
        w = min(exp((Q(s, g, a) - Q(s, g, mu(s, g))) / beta), max_weight);
-     - the target critic follows by Polyak averaging.
+     - the target critic follows by Polyak averaging;
+  4. with `monitor_episodes`, that many episodes of the pre-update actor's mean action from fixed
+     resets (rrf.monitor_rollout), logged under 'deterministic/'.
 
 Simplifications, stated: the actor chooses the actions (no cross-entropy-method maximisation of Q as
 in QT-Opt / AW-Opt), and the targets use the actor's mean action mu. Rewards are computed from
