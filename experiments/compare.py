@@ -25,7 +25,7 @@ import numpy as np
 from matplotlib import pyplot as plt
 
 import main  # experiments/main.py, beside this file: its --config and --workdir flags
-from rpl_jax import phases
+from rpl_jax import phases, rrf
 from rpl_jax.files import write_atomic
 
 WINDOWS = (10, 30, 60, 120)
@@ -50,8 +50,6 @@ METHODS = {  # name -> main-job config overrides
     **{f'rpl_dapg_{r}': {'rrf.variant': 'dapg', 'rrf.low_reward': r} for r in REWARDS},
 }
 AGENTS = ('imitation', 'rrf', 'distilled', 'nearest neighbour')  # the columns of a run's evaluation
-# RRF curves: the sampled rollouts', then the mean-action monitor's (rrf.monitor_episodes)
-CURVES = ('success', 'step_completion', 'deterministic/success', 'deterministic/step_completion')
 
 _METHODS = flags.DEFINE_list('methods', ['rpl_dapg', 'gcbc_ft', 'bc_ft'], f"Methods, or 'all': {sorted(METHODS)}.")
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Training seeds of every method.')
@@ -86,7 +84,7 @@ def run_results(workdir: str) -> dict:
   with open(os.path.join(workdir, 'metrics_rrf.jsonl')) as f:
     curve = [json.loads(line) for line in f]
   return {'agents': by_kind, 'env_steps': [c['step'] * env_steps_per_iteration for c in curve],
-          **{name: [c[name] for c in curve] for name in CURVES if name in curve[0]}}
+          **{name: [c[name] for c in curve] for name in rrf.CURVES if name in curve[0]}}
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -114,7 +112,7 @@ def markdown(table: dict[str, dict]) -> str:
 
 def plot_curves(runs: dict[str, list[dict]], path: str) -> None:
   """Fig. 6: the sampled rollouts' curves and, when every run monitored them, the mean actions'."""
-  metrics = [m for m in CURVES if all(m in s for seeds in runs.values() for s in seeds)]
+  metrics = [m for m in rrf.CURVES if all(m in s for seeds in runs.values() for s in seeds)]
   rows = len(metrics) // 2  # success and step completion side by side, sampled then mean actions
   fig, axes = plt.subplots(rows, 2, figsize=(12, 3.5 * rows), squeeze=False)
   colors = plt.get_cmap('tab10').colors

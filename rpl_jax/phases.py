@@ -206,8 +206,7 @@ def rrf_scalars(metrics: dict[str, np.ndarray], goals: tuple[str, ...]) -> dict[
   success and step completion (sampled and, when monitored, deterministic) under 'goal/<goal>/', and
   per-element completion under 'element/'."""
   values = {name: float(np.mean(value)) for name, value in metrics.items() if name != 'element_completion'}
-  per_goal = [name for name in ('success', 'step_completion', 'deterministic/success', 'deterministic/step_completion')
-              if name in metrics]
+  per_goal = [name for name in rrf.CURVES if name in metrics]
   for g, goal in enumerate(goals):
     for name in per_goal:
       values[f'goal/{goal}/{name}'] = float(metrics[name][g])

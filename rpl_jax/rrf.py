@@ -53,6 +53,8 @@ from rpl_jax.rollout import Agent, Trajectory, agent_rollout, episode_metrics, h
 VARIANTS = ('npg', 'dapg', 'iril')
 LOW_REWARDS = ('sparse', 'euclidean', 'elementwise')
 MONITOR_SEED = 0  # the monitor's resets (monitor_episodes)
+OUTCOMES = ('success', 'step_completion')  # the episode results logged per goal, sampled and monitored
+CURVES = OUTCOMES + tuple(f'deterministic/{name}' for name in OUTCOMES)  # their metric names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,7 +256,7 @@ def monitor_rollout(env, agent: Agent, params, normalizers, goal: jax.Array, cou
 def monitor_metrics(trajectory: Trajectory) -> dict[str, jax.Array]:
   """The monitor's success and step completion, under 'deterministic/'."""
   metrics = episode_metrics(trajectory)
-  return {f'deterministic/{name}': metrics[name] for name in ('success', 'step_completion')}
+  return {f'deterministic/{name}': metrics[name] for name in OUTCOMES}
 
 
 def _bc_gradient(network: networks.GaussianPolicy, params, normalizer, batches) -> jax.Array:
