@@ -34,7 +34,7 @@ matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # noqa: E402
 
 from envs.kitchen import KitchenConfig, KitchenEnv, render, tasks  # noqa: E402
-from rpl_jax import evaluation, nearest_neighbour, parallel, phases  # noqa: E402
+from rpl_jax import evaluation, nearest_neighbour, parallel, phases, rrf  # noqa: E402
 from rpl_jax.data import load_padded, read_element_steps  # noqa: E402
 from rpl_jax.files import write_atomic  # noqa: E402
 from rpl_jax.logs import write_run_info  # noqa: E402
@@ -131,6 +131,15 @@ def goal_note(source: str, values: evaluation.GoalValues) -> str:
           + '. Completion is judged against the goal values.')
 
 
+def kept_note(kept: dict[str, dict]) -> str:
+  """With rrf.keep_best, the report's line on which parameters each goal's RRF agent is."""
+  if not kept:
+    return ''
+  return ('\nRRF agents (`rrf.keep_best`), per goal: the parameters after ' + '; '.join(
+      f"{goal}: {k['updates']} updates (monitored success {100 * k['monitored_success']:.0f} %)"
+      for goal, k in kept.items()) + '.\n')
+
+
 def main(argv, config=None, workdir: str | None = None):
   """The whole job; `config` defaults to the command line's (resolve_config), `workdir` to --workdir."""
   del argv
@@ -167,8 +176,8 @@ def main(argv, config=None, workdir: str | None = None):
                            config.rrf.iterations, **keep, boundaries=boundaries, goal_values=goal_values)
   distilled = phases.distillation(workdir, run_config, configs, env, agent, ril_state, tuned, config.seed,
                                   config.max_to_keep, goal_values=goal_values)
-  ril_params, tuned_params, distilled, normalizers = parallel.fetch(
-      (ril_state.average, tuned.params, distilled, ril_state.normalizers))
+  ril_params, tuned_params, distilled, normalizers, best = parallel.fetch(
+      (ril_state.average, rrf.tuned_params(tuned), distilled, ril_state.normalizers, tuned.best))
   if not parallel.is_writer():
     return  # process 0 evaluates (on its first device) and writes the report
 
@@ -196,9 +205,12 @@ def main(argv, config=None, workdir: str | None = None):
       sampled_and_mean('low/reward'), 'low/kl']
   pngs.append(curve(workdir, 'rrf', [sampled_and_mean('success'), sampled_and_mean('step_completion'), *diagnostics],
                     f'RRF ({config.rrf.variant}), mean over {len(configs.rrf_goals)} goals', 'rrf_curve.png'))
+  kept = {} if best is None else {  # rrf.keep_best: which parameters became each goal's agent
+      goal: {'updates': int(updates), 'monitored_success': float(success)}
+      for goal, updates, success in zip(configs.rrf_goals, best.iteration, best.success)}
   write_atomic(os.path.join(workdir, 'results.json'),
-               lambda f: f.write(json.dumps({'config': run_config, 'goal_values': goal_values, 'results': results},
-                                             indent=1).encode()))
+               lambda f: f.write(json.dumps({'config': run_config, 'goal_values': goal_values, 'results': results,
+                                             'rrf_kept': kept}, indent=1).encode()))
   goals = list(dict.fromkeys(configs.rrf_goals + configs.eval_goals))
   report = (f'# rpl_jax run: {workdir}\n\npreset `{config.preset}`, seed {config.seed} (evaluation seed '
             f'{config.eval.seed}), {env.backend} backend, {len(demos.lengths)} demos.\n\n'
@@ -206,7 +218,7 @@ def main(argv, config=None, workdir: str | None = None):
             'Cells: success % / step completion. The RRF column covers its fine-tuned goals only; nearest '
             'neighbour replays the demo whose final state is closest to the goal, open loop. '
             'Paper, Table 1 (17 goals, human demos): RIL 21.7 % / 2.4.\n\n' + goal_note(configs.goal_values, goal_values) + '\n\n'
-            + table(results, goals) +
+            + table(results, goals) + kept_note(kept) +
             '\n## Learning curves\n\n' + ''.join(f'![{p}]({p})\n\n' for p in pngs) +
             '## Videos\n\n' + ''.join(f'- [{g}]({g})\n' for g in gifs) +
             '\n## Files\n\nmetrics_<phase>.jsonl, tensorboard/ (`tensorboard --logdir ' + os.path.join(workdir, 'tensorboard')

@@ -11,7 +11,8 @@ vmaps it over goals, checkpoints and logs it the same way):
        w = min(exp((Q(s, g, a) - Q(s, g, mu(s, g))) / beta), max_weight);
      - the target critic follows by Polyak averaging;
   4. with `monitor_episodes`, that many episodes of the pre-update actor's mean action from fixed
-     resets (rrf.monitor_rollout), logged under 'deterministic/'.
+     resets (rrf.monitor_rollout), logged under 'deterministic/'; with `keep_best`, the state keeps
+     the actor that scored best on them (rrf.Best).
 
 Simplifications, stated: the actor chooses the actions (no cross-entropy-method maximisation of Q as
 in QT-Opt / AW-Opt), and the targets use the actor's mean action mu. Rewards are computed from
@@ -53,6 +54,7 @@ class AWOptConfig:
   actor_learning_rate: float = 1e-4
   polyak: float = 0.005
   monitor_episodes: int = 0  # mean-action episodes per iteration, reported as deterministic/* (rrf.monitor_metrics)
+  keep_best: bool = False  # keep the best monitored actor as the fine-tuned one (rrf.RRFConfig.keep_best)
 
   def __post_init__(self):
     object.__setattr__(self, 'q_hidden', tuple(self.q_hidden))
@@ -61,7 +63,7 @@ class AWOptConfig:
     for name in ('num_envs', 'episode_steps', 'updates', 'batch_size'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
-    rrf.check_monitor_episodes(self.monitor_episodes)
+    rrf.check_monitor(self.monitor_episodes, self.keep_best)
     if not 0 <= self.demo_fraction <= 1 or not 0 < self.polyak <= 1 or not 0 < self.gamma <= 1:
       raise ValueError(f'need demo_fraction in [0, 1], polyak and gamma in (0, 1], got {self.demo_fraction}, '
                        f'{self.polyak} and {self.gamma}.')
@@ -110,6 +112,7 @@ class AWOptState:
   size: jax.Array  # int32: filled slots
   key: jax.Array
   iteration: jax.Array
+  best: rrf.Best | None  # keep_best only
 
 
 def progress(obs: jax.Array, next_obs: jax.Array, goal: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -155,7 +158,7 @@ def check_agent(agent: Agent) -> None:
 def init_state(agent: Agent, config: AWOptConfig, params: dict[str, Any],
                normalizers: dict[str, networks.PolicyNormalizer], key: jax.Array) -> AWOptState:
   """The trainer's state from the pre-trained actor: a fresh critic (its target a copy), an empty
-  buffer. vmap it over keys for per-goal states."""
+  buffer and, with keep_best, an unscored rrf.Best. vmap it over keys for per-goal states."""
   check_agent(agent)
   key, q_key = jax.random.split(key)
   params, normalizers = jax.tree.map(jnp.copy, (params, normalizers))
@@ -166,7 +169,8 @@ def init_state(agent: Agent, config: AWOptConfig, params: dict[str, Any],
   zero = lambda: jnp.zeros((), jnp.int32)  # a buffer each: the compiled step donates the state
   return AWOptState(params=params, normalizers=normalizers, q=q, q_target=jax.tree.map(jnp.copy, q),
                     actor_opt_state=actor_optimizer.init(params['low']), q_opt_state=q_optimizer.init(q),
-                    buffer=buffer, cursor=zero(), size=zero(), key=key, iteration=zero())
+                    buffer=buffer, cursor=zero(), size=zero(), key=key, iteration=zero(),
+                    best=rrf.init_best(params) if config.keep_best else None)
 
 
 def buffer_add(state: AWOptState, transitions: Transitions) -> AWOptState:
@@ -236,8 +240,10 @@ def make_awopt_step(env, agent: Agent, config: AWOptConfig, mesh=None):
     if config.monitor_episodes:  # the actor that drew this iteration's rollouts, acting with its mean
       metrics.update(rrf.monitor_metrics(rrf.monitor_rollout(env, agent, state.params, state.normalizers, goal,
                                                               config.monitor_episodes, config.episode_steps, mesh)))
+    best, kept = rrf.update_best(state.best, state.params, metrics, state.iteration)
+    metrics.update(kept)
     state = state.replace(params=dict(state.params, low=actor), q=q, q_target=q_target, actor_opt_state=actor_opt,
-                          q_opt_state=q_opt, key=key, iteration=state.iteration + 1)
+                          q_opt_state=q_opt, key=key, iteration=state.iteration + 1, best=best)
     return state, metrics
 
   return step

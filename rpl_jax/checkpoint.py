@@ -220,15 +220,21 @@ def _restore(manager: ocp.CheckpointManager, directory: str, target_state, step:
     raise CheckpointError(f'{where}: unreadable state metadata (corrupt or incomplete?): '
                           f'{type(e).__name__}: {e}') from e
   impls = meta.get('prng_impls', {})
-  _check_fits(target_state, getattr(saved_tree, 'tree', saved_tree), impls, where)
-  restore_args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(jax.tree.map(_abstract_stored, target_state))})
+  saved_tree = getattr(saved_tree, 'tree', saved_tree)
+  _check_fits(target_state, saved_tree, impls, where)
+  # Read in the saved tree's structure and match leaves by name, so that a field that holds no arrays
+  # (None) on one side only, e.g. one added to a state after the checkpoint was written, is no mismatch.
+  leaves = jax.tree_util.tree_leaves_with_path(target_state)
+  wanted = {_path_name(path): _abstract_stored(leaf) for path, leaf in leaves}
+  item = jax.tree_util.tree_map_with_path(lambda path, _: wanted[_path_name(path)], saved_tree)
   try:
-    stored = manager.restore(step, args=restore_args)[_STATE]
+    stored = manager.restore(step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(item)}))[_STATE]
   except Exception as e:
     raise CheckpointError(f'{where}: cannot read the saved state (corrupt or incomplete?): '
                           f'{type(e).__name__}: {e}') from e
+  values = {_path_name(path): value for path, value in jax.tree_util.tree_leaves_with_path(stored)}
   return jax.tree_util.tree_map_with_path(
-      lambda path, leaf, value: _from_stored(leaf, value, impls.get(_path_name(path))), target_state, stored)
+      lambda path, leaf: _from_stored(leaf, values[_path_name(path)], impls.get(_path_name(path))), target_state)
 
 
 class Checkpointer:

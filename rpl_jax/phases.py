@@ -72,7 +72,8 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
                       subgoal_finger_noise=config.ril.get('subgoal_finger_noise', 0.0),
                       average_decay=config.ril.get('average_decay', 0.0))
   r = config.rrf
-  monitor_episodes = r.get('monitor_episodes', 0)  # absent in runs saved before the key existed
+  # absent in runs saved before the keys existed
+  monitor = dict(monitor_episodes=r.get('monitor_episodes', 0), keep_best=r.get('keep_best', False))
   if r.variant == 'awopt':
     if r.get('exploration_log_std') is not None:
       raise ValueError('rrf.exploration_log_std applies to the NPG variants; awopt keeps the imitation\'s noise.')
@@ -81,8 +82,7 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
         pretrain=config.ril.method, num_envs=r.num_envs, episode_steps=r.episode_steps, updates=a.updates,
         batch_size=a.batch_size, demo_fraction=a.demo_fraction, buffer_transitions=a.buffer_transitions,
         gamma=a.gamma, beta=a.beta, max_weight=a.max_weight, q_hidden=tuple(a.q_hidden),
-        q_learning_rate=a.q_learning_rate, actor_learning_rate=a.actor_learning_rate, polyak=a.polyak,
-        monitor_episodes=monitor_episodes)
+        q_learning_rate=a.q_learning_rate, actor_learning_rate=a.actor_learning_rate, polyak=a.polyak, **monitor)
   else:
     fine_tuning = rrf.RRFConfig(
         variant=r.variant, pretrain=config.ril.method, num_envs=r.num_envs, episode_steps=r.episode_steps,
@@ -91,8 +91,7 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
         exploration_log_std=r.get('exploration_log_std'),  # absent in runs saved before the key existed
         update=npg.NPGConfig(step_size=r.step_size), value_hidden=tuple(r.value_hidden), value_epochs=r.value_epochs,
         value_batch_size=r.value_batch_size, relabel=windows, dapg_lambda0=r.dapg_lambda0,
-        dapg_lambda1=r.dapg_lambda1, bc_batch_size=r.bc_batch_size, buffer_episodes=r.buffer_episodes,
-        monitor_episodes=monitor_episodes)
+        dapg_lambda1=r.dapg_lambda1, bc_batch_size=r.bc_batch_size, buffer_episodes=r.buffer_episodes, **monitor)
     rrf.check_exploration(fine_tuning, bc.policy.min_log_std)
   d = config.distill
   distillation = distill.DistillConfig(d.episodes_per_goal, d.updates, d.batch_size, d.learning_rate)
@@ -110,7 +109,7 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
   parallel.check_divisible(mesh, parallel.AXES, **{'ril.batch_size': config.ril.batch_size})
   parallel.check_divisible(mesh, (parallel.GOAL,), **{'the number of rrf.goals': len(rrf_goals)})
   parallel.check_divisible(mesh, (parallel.DATA,), **{'rrf.num_envs': r.num_envs, 'rrf.bc_batch_size': r.bc_batch_size,
-                                                      'rrf.monitor_episodes': monitor_episodes})
+                                                      'rrf.monitor_episodes': monitor['monitor_episodes']})
   return RunConfigs(bc, fine_tuning, distillation, rrf_goals, goal_list(config.eval.goals), goal_values, mesh)
 
 
@@ -203,10 +202,10 @@ def ril(workdir: str, run_config: dict, configs: RunConfigs, demos, seed: int, t
 
 def rrf_scalars(metrics: dict[str, np.ndarray], goals: tuple[str, ...]) -> dict[str, float]:
   """Per-goal RRF metrics ([G] arrays) as scalars: the mean over goals under each name, each goal's
-  success and step completion (sampled and, when monitored, deterministic) under 'goal/<goal>/', and
-  per-element completion under 'element/'."""
+  success and step completion (sampled and, when monitored, deterministic) and, with keep_best, its
+  kept iteration and their success under 'goal/<goal>/', and per-element completion under 'element/'."""
   values = {name: float(np.mean(value)) for name, value in metrics.items() if name != 'element_completion'}
-  per_goal = [name for name in rrf.CURVES if name in metrics]
+  per_goal = [name for name in rrf.CURVES + rrf.BEST if name in metrics]
   for g, goal in enumerate(goals):
     for name in per_goal:
       values[f'goal/{goal}/{name}'] = float(metrics[name][g])
@@ -222,7 +221,7 @@ def fine_tune(workdir: str, run_config: dict, configs: RunConfigs, env, agent, r
               boundaries: np.ndarray | None = None, goal_values: evaluation.GoalValues | None = None):
   """Per-goal fine-tuning (RRF, or AW-Opt) of every goal in configs.rrf_goals at once (the step
   vmapped over goals), each toward its evaluation.goal_states(goals, goal_values). Returns the final
-  per-goal state (leading axis: goals)."""
+  per-goal state (leading axis: goals); rrf.tuned_params gives the fine-tuned agents."""
   config, goals = configs.rrf, configs.rrf_goals
   init_state, make_step = _trainer(config)
   keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), len(goals))
@@ -251,7 +250,7 @@ def distillation(workdir: str, run_config: dict, configs: RunConfigs, env, agent
 
   def step(state):
     collect_key, fit_key, key = jax.random.split(state['key'], 3)
-    data = collect(tuned.params, ril_state.normalizers, collect_key, goal_states)
+    data = collect(rrf.tuned_params(tuned), ril_state.normalizers, collect_key, goal_states)
     params, metrics = fit(state['params'], ril_state.normalizers, data, fit_key)
     return {'params': params, 'key': key}, {name: value[-1] for name, value in metrics.items()}
 
@@ -272,6 +271,13 @@ def _ril_target(agent, bc: train.BCConfig) -> train.BCState:
                             np.array([steps], np.int32))
   boundaries = np.full((1, 4), steps, np.int32)  # for the oracle baseline's data; others ignore them
   return train.init_state(agent, bc, train.training_data(bc.method, placeholder, boundaries), jax.random.key(0))
+
+
+def _tuned_target(agent, configs: RunConfigs, ril_state: train.BCState):
+  """A per-goal fine-tuning state of the right structure and shapes (values unused) for restoring."""
+  keys = jax.random.split(jax.random.key(0), len(configs.rrf_goals))
+  init_state = _trainer(configs.rrf)[0]
+  return jax.vmap(lambda k: init_state(agent, configs.rrf, ril_state.average, ril_state.normalizers, k))(keys)
 
 
 class Policy(NamedTuple):
@@ -319,8 +325,5 @@ def load_policy(workdir: str, phase: str = 'distill') -> Policy:
     target = {'params': ril_state.average, 'key': jax.random.key(0)}
     return Policy(agent, load_state(os.path.join(workdir, 'distill', 'checkpoints'), target)['params'],
                   ril_state.normalizers, configs.eval_goals, goal_values)
-  keys = jax.random.split(jax.random.key(0), len(configs.rrf_goals))
-  init_state = _trainer(configs.rrf)[0]
-  target = jax.vmap(lambda k: init_state(agent, configs.rrf, ril_state.average, ril_state.normalizers, k))(keys)
-  tuned = load_state(os.path.join(workdir, 'rrf', 'checkpoints'), target)
-  return Policy(agent, tuned.params, ril_state.normalizers, configs.rrf_goals, goal_values)
+  tuned = load_state(os.path.join(workdir, 'rrf', 'checkpoints'), _tuned_target(agent, configs, ril_state))
+  return Policy(agent, rrf.tuned_params(tuned), ril_state.normalizers, configs.rrf_goals, goal_values)

@@ -5,7 +5,8 @@ rewards each fine-tuned level, estimates advantages by GAE against a fitted valu
 NPG step per level (rpl_jax.npg; the levels are optimised separately, as in the paper), refits the
 baselines and reports metrics, all in one pure function with no host round-trip. With
 `monitor_episodes`, it also runs that many episodes of the agent's mean actions from fixed resets
-and reports them under 'deterministic/' (the agent that evaluation scores). vmap it over goals
+and reports them under 'deterministic/' (the agent that evaluation scores); with `keep_best`, the
+state also keeps the parameters that scored best on them (`Best`, `tuned_params`). vmap it over goals
 (`jit_rrf_step(per_goal=True)`) to fine-tune every compound goal at once, each with its own
 parameters, value nets, buffers and keys.
 
@@ -55,6 +56,7 @@ LOW_REWARDS = ('sparse', 'euclidean', 'elementwise')
 MONITOR_SEED = 0  # the monitor's resets (monitor_episodes)
 OUTCOMES = ('success', 'step_completion')  # the episode results logged per goal, sampled and monitored
 CURVES = OUTCOMES + tuple(f'deterministic/{name}' for name in OUTCOMES)  # their metric names
+BEST = ('best/iteration', 'best/success')  # keep_best: which parameters are kept, and their monitored success
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +87,9 @@ class RRFConfig:
   buffer_episodes: int = 256  # IRIL ring-buffer capacity, in episodes
   # Mean-action episodes per iteration (per goal), reported as deterministic/* (monitor_metrics); 0: none
   monitor_episodes: int = 0
+  # Keep, besides the latest, the parameters with the best monitored success (then step completion);
+  # they become the fine-tuned agent (tuned_params). Needs monitor_episodes.
+  keep_best: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, 'value_hidden', tuple(self.value_hidden))
@@ -108,7 +113,7 @@ class RRFConfig:
     for name in ('num_envs', 'episode_steps', 'value_epochs', 'value_batch_size', 'bc_batch_size'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
-    check_monitor_episodes(self.monitor_episodes)
+    check_monitor(self.monitor_episodes, self.keep_best)
     if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
       raise ValueError(f'need gamma in (0, 1] and gae_lambda in [0, 1], got {self.gamma} and {self.gae_lambda}.')
     if not (self.reach_threshold > 0 and self.value_learning_rate > 0 and self.dapg_lambda0 >= 0
@@ -142,6 +147,43 @@ class RingBuffer:
 
 
 @struct.dataclass
+class Best:
+  """keep_best: of the parameters the monitor has scored (those each iteration started from: the
+  pre-trained ones, then after 1, 2, ... updates), the ones with the highest deterministic success,
+  then step completion; a tie keeps the earlier."""
+  params: dict[str, Any]  # the whole agent's, as RRFState.params
+  success: jax.Array  # their monitored success and step completion; -1 before the first iteration
+  step_completion: jax.Array
+  iteration: jax.Array  # int32: the updates they had had (0: the pre-trained parameters)
+
+
+def init_best(params: dict[str, Any]) -> Best:
+  """Best before any monitor: the first iteration's parameters replace it whatever they score."""
+  unscored = lambda: -jnp.ones((), jnp.float32)  # a buffer each: the compiled step donates the state
+  return Best(jax.tree.map(jnp.copy, params), unscored(), unscored(), jnp.zeros((), jnp.int32))
+
+
+def update_best(best: Best | None, params: dict[str, Any], metrics: dict[str, jax.Array],
+                iteration: jax.Array) -> tuple[Best | None, dict[str, jax.Array]]:
+  """(`best`, or `params` (after `iteration` updates) if the monitor `metrics` score them higher; the
+  BEST metrics). Without keep_best (`best` None): (None, {})."""
+  if best is None:
+    return None, {}
+  success, completion = metrics['deterministic/success'], metrics['deterministic/step_completion']
+  better = (success > best.success) | ((success == best.success) & (completion > best.step_completion))
+  pick = lambda new, old: jnp.where(better, new, old)
+  best = Best(jax.tree.map(pick, params, best.params), pick(success, best.success),
+              pick(completion, best.step_completion), pick(iteration, best.iteration))
+  return best, dict(zip(BEST, (best.iteration, best.success)))
+
+
+def tuned_params(state) -> dict[str, Any]:
+  """The fine-tuned agent's parameters of an RRF or AW-Opt state: the best monitored (keep_best) or
+  the latest."""
+  return state.params if state.best is None else state.best.params
+
+
+@struct.dataclass
 class RRFState:
   params: dict[str, Any]  # per agent level; only config.levels change
   normalizers: dict[str, networks.PolicyNormalizer]  # per agent level, from RIL; fixed
@@ -151,6 +193,7 @@ class RRFState:
   key: jax.Array
   iteration: jax.Array  # int32: iterations done (k of the DAPG weight)
   skipped: jax.Array  # int32: NPG steps skipped so far (bad curvature or KL), over the levels
+  best: Best | None  # keep_best only
 
 
 def dapg_weight(config: RRFConfig, iteration: jax.Array) -> jax.Array:
@@ -200,9 +243,9 @@ def init_state(agent: Agent, config: RRFConfig, params: dict[str, Any],
                normalizers: dict[str, networks.PolicyNormalizer], key: jax.Array) -> RRFState:
   """The fine-tuning state from pre-trained (RIL) `params` and `normalizers`: fresh value nets per
   fine-tuned level, fresh policy parameters for the `from_scratch` levels (the normalizers stay the
-  demos'), the fine-tuned levels' log_std at `exploration_log_std` if set and, for IRIL, an empty
-  buffer. vmap it over keys for per-goal states. The state holds copies, so donating it to the
-  compiled step leaves the caller's arrays alive."""
+  demos'), the fine-tuned levels' log_std at `exploration_log_std` if set, for IRIL an empty
+  buffer and, with keep_best, an unscored Best. vmap it over keys for per-goal states. The state
+  holds copies, so donating it to the compiled step leaves the caller's arrays alive."""
   check_agent(agent, config)
   value_net, optimizer = make_value(config), optax.adam(config.value_learning_rate)
   key, *value_keys = jax.random.split(key, 1 + len(config.levels))
@@ -217,7 +260,8 @@ def init_state(agent: Agent, config: RRFConfig, params: dict[str, Any],
   return RRFState(params=params, normalizers=normalizers, values=values,
                   value_opt_state={level: optimizer.init(v) for level, v in values.items()},
                   buffer=empty_buffer(config) if config.variant == 'iril' else None, key=key,
-                  iteration=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32))
+                  iteration=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32),
+                  best=init_best(params) if config.keep_best else None)
 
 
 def check_agent(agent: Agent, config: RRFConfig) -> None:
@@ -237,9 +281,11 @@ def check_exploration(config: RRFConfig, min_log_std: float) -> None:
                      f'{min_log_std}: it would have no effect.')
 
 
-def check_monitor_episodes(count: int) -> None:
+def check_monitor(count: int, keep_best: bool) -> None:
   if count < 0:
     raise ValueError(f'monitor_episodes must be >= 0, got {count}.')
+  if keep_best and not count:
+    raise ValueError('keep_best selects parameters by the monitor: set monitor_episodes >= 1.')
 
 
 def monitor_rollout(env, agent: Agent, params, normalizers, goal: jax.Array, count: int, num_steps: int,
@@ -338,6 +384,8 @@ def make_rrf_step(env, agent: Agent, config: RRFConfig, mesh=None):
       metrics.update(monitor_metrics(monitored))
       metrics.update({f'deterministic/{level}/reward': jnp.mean(monitored_samples[level]['reward'])
                       for level in config.levels})
+    best, kept = update_best(state.best, state.params, metrics, state.iteration)
+    metrics.update(kept)
     params, values, value_opt_state, skipped = dict(state.params), dict(state.values), dict(state.value_opt_state), 0
     level_keys = dict(zip(config.levels, jax.random.split(bc_key, len(config.levels))))
     fit_keys = dict(zip(config.levels, jax.random.split(value_key, len(config.levels))))
@@ -365,7 +413,7 @@ def make_rrf_step(env, agent: Agent, config: RRFConfig, mesh=None):
       metrics[f'{level}/reward'] = jnp.mean(s['reward'])
       metrics[f'{level}/value_loss_before'], metrics[f'{level}/value_loss'] = value_loss[0], value_loss[1]
     state = state.replace(params=params, values=values, value_opt_state=value_opt_state, buffer=buffer, key=key,
-                          iteration=state.iteration + 1, skipped=state.skipped + skipped)
+                          iteration=state.iteration + 1, skipped=state.skipped + skipped, best=best)
     metrics['skipped_total'] = state.skipped
     return state, metrics
 

@@ -1,6 +1,7 @@
 """The AW-Opt-style trainer: AWR weights and Q targets against closed forms and a Python loop, the
 goal-progress reward against brute force, and the compiled iteration (compiles once, fills the
-replay buffer, moves the actor and the critic; the mean-action monitor changes nothing else)."""
+replay buffer, moves the actor and the critic; the mean-action monitor and keeping the best monitored
+actor change nothing else)."""
 
 import dataclasses
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from envs.kitchen import KitchenConfig, KitchenEnv, tasks
-from rpl_jax import awopt, networks, train
+from rpl_jax import awopt, networks, rrf, train
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.relabel import RelabelConfig
 
@@ -49,6 +50,8 @@ def test_config_and_agent_errors():
     awopt.AWOptConfig(num_envs=4, episode_steps=10, buffer_transitions=39)
   with pytest.raises(ValueError, match='flat agent'):
     awopt.AWOptConfig(pretrain='ril')
+  with pytest.raises(ValueError, match='keep_best selects parameters by the monitor'):
+    awopt.AWOptConfig(keep_best=True)
   hierarchical = train.make_agent(train.BCConfig(relabel=RelabelConfig(2, 4, 3)))
   with pytest.raises(ValueError, match='flat goal-conditioned agent'):
     awopt.check_agent(hierarchical)
@@ -81,14 +84,20 @@ def test_iteration_compiles_once_fills_the_buffer_and_trains_both_networks():
   assert not np.allclose(ravel(state.params['low']), ravel(start.params['low']))
   # The buffer holds the second iteration's transitions at slots 14..19 and 0..7, each (s, a, s') of a rollout.
   assert np.asarray(state.buffer.obs[:8]).any() and np.asarray(state.buffer.obs[8:14]).any()
-  # The mean-action monitor adds its metrics and changes nothing else.
-  monitored = dataclasses.replace(config, monitor_episodes=2)
+  # The mean-action monitor, and keeping the best monitored actor, add their metrics and change nothing else.
+  monitored = dataclasses.replace(config, monitor_episodes=2, keep_best=True)
   monitored_state = awopt.init_state(agent, monitored, pretrained.params, pretrained.normalizers, jax.random.key(1))
   monitored_step = jax.jit(awopt.make_awopt_step(env, agent, monitored), donate_argnums=0)
+  pre_update, scores = [], []
   for plain in history:
+    pre_update.append(jax.device_get(monitored_state.params))
     monitored_state, metrics = monitored_step(monitored_state, goal, train.device_demos(demos))
-    assert set(metrics) - set(plain) == {'deterministic/success', 'deterministic/step_completion'}
+    assert set(metrics) - set(plain) == {'deterministic/success', 'deterministic/step_completion', *rrf.BEST}
     for name, value in plain.items():
       np.testing.assert_array_equal(metrics[name], value, err_msg=name)
+    scores.append((float(metrics['deterministic/success']), float(metrics['deterministic/step_completion'])))
+    want = max(range(len(scores)), key=lambda i: (*scores[i], -i))
+    assert int(metrics['best/iteration']) == want
   np.testing.assert_array_equal(ravel((monitored_state.params, monitored_state.q, monitored_state.buffer)),
                                 ravel((state.params, state.q, state.buffer)))
+  np.testing.assert_array_equal(ravel(rrf.tuned_params(monitored_state)), ravel(pre_update[want]))

@@ -253,6 +253,19 @@ def test_a_state_of_another_structure_or_key_type_is_refused_by_leaf(tmp_path):
   assert 'rbg_key: saved PRNG implementation rbg' in message
 
 
+def test_a_field_without_arrays_on_one_side_only_is_no_mismatch(tmp_path):
+  """A state field added after a checkpoint was written, None when its option is off (as rrf.RRFState.best),
+  restores from that checkpoint; and a state saved with the field None restores into one without it."""
+  with Checkpointer(str(tmp_path / 'old'), {'run': 'toy'}) as ckpt:
+    ckpt.save(1, _toy_state(1))
+    _assert_identical(ckpt.restore({**_toy_state(0), 'added': None}), {**_toy_state(1), 'added': None})
+  with Checkpointer(str(tmp_path / 'new'), {'run': 'toy'}) as ckpt:
+    ckpt.save(1, {**_toy_state(1), 'added': None})
+    _assert_identical(ckpt.restore(_toy_state(0)), _toy_state(1))
+    with pytest.raises(CheckpointError, match='added/x: missing from the checkpoint'):
+      ckpt.restore({**_toy_state(0), 'added': {'x': jnp.zeros(2)}})
+
+
 def test_config_json_follows_the_latest_checkpoint(tmp_path):
   with Checkpointer(str(tmp_path), {'lr': 1.0, 'hidden': (32, 32)}) as ckpt:
     ckpt.save(1, _toy_state(1))

@@ -21,7 +21,7 @@ from ml_collections import config_dict
 
 from envs.kitchen import KitchenConfig, KitchenEnv, expert
 from rpl_jax import evaluation, phases
-from rpl_jax.checkpoint import load_state
+from rpl_jax.checkpoint import load_state, read_config
 from rpl_jax.data.demos import load_padded, read_metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,6 +67,8 @@ def smoke() -> config_dict.ConfigDict:
                 setattr(c.rrf, 'exploration_log_std', -2.0)), 'applies to the NPG variants'),
     (lambda c: setattr(c, 'goal_values', 'human'), 'goal_values must be one of'),
     (lambda c: setattr(c.rrf, 'monitor_episodes', -1), 'monitor_episodes must be >= 0'),
+    (lambda c: (setattr(c.rrf, 'monitor_episodes', 0), setattr(c.rrf, 'keep_best', True)),
+     'keep_best selects parameters by the monitor'),
 ])
 def test_invalid_configs_fail_with_a_message(change, message):
   config = smoke()
@@ -272,18 +274,38 @@ def test_compare_runs_baselines_through_the_main_job(smoke_run, tmp_path):
   assert [r['buffer_size'] for r in aw] == [60, 120, 120] and all(r['low/q_loss'] >= 0 for r in aw)
 
 
-def test_train_rpl_starts_from_the_ril_checkpoint(smoke_run, tmp_path):
-  """Same config and seed on the smoke run's RIL checkpoint: no RIL training, and the RRF phase
-  retraces the smoke run's exactly."""
+def test_train_rpl_starts_from_the_ril_checkpoint_and_keeps_the_best_monitored_agents(smoke_run, tmp_path):
+  """Same config and seed on the smoke run's RIL checkpoint, with rrf.keep_best: no RIL training, the
+  RRF phase retraces the smoke run's exactly (adding the best/* metrics), and each goal's RRF agent,
+  in the report and from the run directory, is the kept parameters: those of the iteration whose
+  logged monitor scores rank first."""
   process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'train_rpl.py'),
                             f'--ril_workdir={smoke_run}', f'--workdir={tmp_path}', '--config.preset=smoke',
-                            '--config.eval.videos=0'], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
-                           capture_output=True, text=True, timeout=900)
+                            '--config.eval.videos=0', '--config.rrf.keep_best=True', '--config.checkpoint_every=1'],
+                           cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
   assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
   assert not os.path.exists(tmp_path / 'metrics_ril.jsonl') and (tmp_path / 'report.md').exists()
   strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != 'time' and not k.startswith('perf/')}
                         for line in path.read_text().splitlines()]
-  assert strip(tmp_path / 'metrics_rrf.jsonl') == strip(smoke_run / 'metrics_rrf.jsonl')
+  kept_run, smoke = strip(tmp_path / 'metrics_rrf.jsonl'), strip(smoke_run / 'metrics_rrf.jsonl')
+  assert [{k: v for k, v in row.items() if 'best/' not in k} for row in kept_run] == smoke
+  goals = main_config.get_config('smoke').rrf.goals.split(',')
+  kept = json.loads((tmp_path / 'results.json').read_text())['rrf_kept']
+  assert list(kept) == goals and 'RRF agents (`rrf.keep_best`)' in (tmp_path / 'report.md').read_text()
+  agent, params, *_ = phases.load_policy(str(tmp_path), 'rrf')
+  for g, goal in enumerate(goals):
+    scores = [(row[f'goal/{goal}/deterministic/success'], row[f'goal/{goal}/deterministic/step_completion'])
+              for row in kept_run]
+    want = max(range(len(scores)), key=lambda i: (*scores[i], -i))
+    assert kept[goal]['updates'] == want == kept_run[-1][f'goal/{goal}/best/iteration']
+    assert kept[goal]['monitored_success'] == scores[want][0]
+  configs = phases.build(config_dict.ConfigDict(read_config(str(tmp_path / 'rrf' / 'checkpoints'))))
+  ril_state = load_state(str(smoke_run / 'ril' / 'checkpoints'), phases._ril_target(agent, configs.bc))
+  for g, goal in enumerate(goals):  # the parameters after `updates` updates: the RIL agent's, or a checkpoint's
+    updates = kept[goal]['updates']
+    saved = ril_state.average if not updates else jax.tree.map(lambda x: x[g], load_state(
+        str(tmp_path / 'rrf' / 'checkpoints'), phases._tuned_target(agent, configs, ril_state), step=updates).params)
+    assert all(np.array_equal(x[g], y) for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(saved))), goal
 
 
 def test_starting_from_a_ril_run_with_other_goal_inputs_fails(smoke_run, tmp_path):

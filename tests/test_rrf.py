@@ -170,6 +170,7 @@ def test_flat_agents_take_the_env_reward_over_whole_episodes():
     (dict(value_batch_size=1000), 'value_batch_size'),
     (dict(exploration_log_std=float('nan')), 'exploration_log_std must be finite'),
     (dict(monitor_episodes=-1), 'monitor_episodes must be >= 0'),
+    (dict(keep_best=True), 'keep_best selects parameters by the monitor'),
 ])
 def test_config_errors(overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -298,6 +299,71 @@ def test_monitor_reports_the_mean_agent_that_drew_the_rollouts_and_leaves_traini
   # Neither the sampled rollouts nor the pre-trained parameters: each differs by far more than the tolerance.
   for other in (second['low/reward'], monitored_history[0]['deterministic/low/reward']):
     assert abs(float(other) - low_reward) > 1e-3 * abs(low_reward)
+
+
+def test_update_best_keeps_the_first_highest_success_then_step_completion():
+  """Against a brute-force argmax over a per-goal score sequence (ties included), vmapped over goals
+  as the per-goal step uses it."""
+  successes = np.array([[0.0, 0.5, 0.5, 0.25, 0.5, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                        [0.25, 0.0, 0.25, 0.25, 0.0, 0.0]], np.float32)  # [goals, iterations]
+  completions = np.array([[1.0, 2.0, 3.0, 4.0, 3.0, 3.5], [0.5, 0.5, 0.0, 0.5, 0.25, 0.5],
+                          [2.0, 4.0, 2.0, 3.0, 4.0, 1.0]], np.float32)
+  goals, iterations = successes.shape
+  params = lambda k: {'low': {'w': jnp.full((goals, 2), k, jnp.float32)}}  # parameters after k updates
+  best = jax.vmap(rrf.init_best)(params(-1))
+  update = jax.jit(jax.vmap(rrf.update_best, in_axes=(0, 0, 0, None)))
+  for k in range(iterations):
+    metrics = {'deterministic/success': jnp.asarray(successes[:, k]),
+               'deterministic/step_completion': jnp.asarray(completions[:, k])}
+    best, kept = update(best, params(k), metrics, jnp.int32(k))
+    for g in range(goals):
+      want = max(range(k + 1), key=lambda i: (successes[g, i], completions[g, i], -i))
+      assert int(kept['best/iteration'][g]) == int(best.iteration[g]) == want
+      assert float(kept['best/success'][g]) == successes[g, want]
+      assert float(best.step_completion[g]) == completions[g, want]
+      np.testing.assert_array_equal(best.params['low']['w'][g], want)
+  assert [int(i) for i in best.iteration] == [5, 0, 3]
+  assert rrf.update_best(None, params(0), metrics, jnp.int32(0)) == (None, {})
+
+
+def test_keep_best_holds_the_parameters_the_monitor_scored_highest(env, setup, monkeypatch):
+  """The compiled step with keep_best: training and every other metric are the plain run's; the kept
+  parameters are the pre-update parameters of the iteration whose logged monitor scores rank first.
+  A random agent never completes an element in 7 steps, so the monitor's scores are replaced by
+  quantised functions of its episodes (which the parameters drive), to make them vary and tie."""
+  def varied_scores(trajectory):
+    wiggle = jnp.abs(jnp.sin(1e3 * jnp.sum(trajectory.observations[:, -1, :tasks.ROBOT_DOF], axis=-1)))
+    return {'deterministic/success': jnp.round(2 * wiggle[0]) / 2,
+            'deterministic/step_completion': jnp.round(4 * wiggle[1])}
+
+  monkeypatch.setattr(rrf, 'monitor_metrics', varied_scores)
+  agent, params, normalizers, demos = setup
+  config = rrf_config(variant='dapg', low_reward='euclidean', monitor_episodes=2)
+
+  def run_monitored(config, iterations=6):
+    state = rrf.init_state(agent, config, params, normalizers, jax.random.key(3))
+    step = rrf.jit_rrf_step(env, agent, config)
+    pre_update, history = [], []
+    for _ in range(iterations):
+      pre_update.append(jax.device_get(state.params))
+      state, metrics = step(state, goal_vector(GOALS[0]), demos)
+      history.append(jax.device_get(metrics))
+    return state, pre_update, history
+
+  plain, pre_update, plain_history = run_monitored(config)
+  kept, _, history = run_monitored(dataclasses.replace(config, keep_best=True))
+  np.testing.assert_array_equal(ravel((kept.params, kept.values)), ravel((plain.params, plain.values)))
+  for before, metrics in zip(plain_history, history):
+    assert set(metrics) - set(before) == set(rrf.BEST)
+    for name, value in before.items():
+      np.testing.assert_array_equal(metrics[name], value, err_msg=name)
+  scores = [(float(m['deterministic/success']), float(m['deterministic/step_completion'])) for m in history]
+  assert len(set(scores)) > 2, scores  # they varied, so the choice is not the first by default
+  for k, metrics in enumerate(history):
+    want = max(range(k + 1), key=lambda i: (*scores[i], -i))
+    assert int(metrics['best/iteration']) == want and float(metrics['best/success']) == scores[want][0]
+  np.testing.assert_array_equal(ravel(rrf.tuned_params(kept)), ravel(pre_update[int(kept.best.iteration)]))
+  assert plain.best is None and rrf.tuned_params(plain) is plain.params
 
 
 def test_same_key_same_run_other_key_other_run(env, setup):

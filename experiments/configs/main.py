@@ -106,6 +106,9 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   # Mean-action episodes per goal and iteration, from fixed resets, logged as deterministic/*: the
   # agent that evaluation scores, which the sampled rollouts' curves can misrepresent. 0: none.
   config.rrf.monitor_episodes = 8
+  # Per goal, the fine-tuned agent is the parameters with the best monitored success (then step
+  # completion) among those the iterations started from, instead of the latest (needs the monitor).
+  config.rrf.keep_best = False
 
   config.awopt = config_dict.ConfigDict()  # rrf.variant=awopt (rpl_jax/awopt.py); envs, steps, goals: rrf.*
   config.awopt.updates = 100
