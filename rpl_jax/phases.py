@@ -191,7 +191,7 @@ def ril(workdir: str, run_config: dict, configs: RunConfigs, demos, seed: int, t
       raise ValueError(f'{from_workdir} trained with ril.relative_goals={trained}, this run has '
                        f'{configs.bc.relative_goals}: set it to match.')
     print(f'ril: the final checkpoint of {from_workdir}', flush=True)
-    return agent, load_state(source, state)
+    return agent, parallel.put(load_state(source, state), configs.mesh)  # where a trained state would be
   mesh = configs.mesh
   state, device_demos = parallel.put((state, data), mesh)
   compiled = train.jit_train_step(agent, configs.bc, mesh)

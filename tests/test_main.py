@@ -308,6 +308,22 @@ def test_train_rpl_starts_from_the_ril_checkpoint_and_keeps_the_best_monitored_a
     assert all(np.array_equal(x[g], y) for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(saved))), goal
 
 
+def test_train_rpl_from_a_ril_run_on_a_device_mesh(smoke_run, tmp_path):
+  """A RIL state loaded from another run goes onto the mesh as a trained one would: RRF over a
+  2-goal mesh of 2 CPU devices, distillation and evaluation run, and the RIL agent evaluates as in
+  the run it came from."""
+  flags = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2'
+  process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'train_rpl.py'),
+                            f'--ril_workdir={smoke_run}', f'--workdir={tmp_path}', '--config.preset=smoke',
+                            '--config.eval.videos=0', '--config.mesh.goal=2', '--config.rrf.iterations=1'],
+                           cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=flags), capture_output=True,
+                           text=True, timeout=900)
+  assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
+  assert json.loads((tmp_path / 'run_info.json').read_text())['device_count'] == 2
+  results, source = (json.loads((run / 'results.json').read_text())['results'] for run in (tmp_path, smoke_run))
+  assert results['RIL'] == source['RIL']
+
+
 def test_starting_from_a_ril_run_with_other_goal_inputs_fails(smoke_run, tmp_path):
   """The normalizers of a RIL run trained on absolute goals have the same shapes as relative ones:
   only the configs can tell, and a mismatch is refused before anything trains."""
