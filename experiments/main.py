@@ -176,8 +176,9 @@ def main(argv, config=None, workdir: str | None = None):
                            config.rrf.iterations, **keep, boundaries=boundaries, goal_values=goal_values)
   distilled = phases.distillation(workdir, run_config, configs, env, agent, ril_state, tuned, config.seed,
                                   config.max_to_keep, goal_values=goal_values)
-  ril_params, tuned_params, distilled, normalizers, best = parallel.fetch(
-      (ril_state.average, rrf.tuned_params(tuned), distilled, ril_state.normalizers, tuned.best))
+  kept_scores = None if tuned.best is None else (tuned.best.iteration, tuned.best.success)  # rrf.keep_best
+  ril_params, tuned_params, distilled, normalizers, kept_scores = parallel.fetch(
+      (ril_state.average, rrf.tuned_params(tuned), distilled, ril_state.normalizers, kept_scores))
   if not parallel.is_writer():
     return  # process 0 evaluates (on its first device) and writes the report
 
@@ -205,9 +206,9 @@ def main(argv, config=None, workdir: str | None = None):
       sampled_and_mean('low/reward'), 'low/kl']
   pngs.append(curve(workdir, 'rrf', [sampled_and_mean('success'), sampled_and_mean('step_completion'), *diagnostics],
                     f'RRF ({config.rrf.variant}), mean over {len(configs.rrf_goals)} goals', 'rrf_curve.png'))
-  kept = {} if best is None else {  # rrf.keep_best: which parameters became each goal's agent
+  kept = {} if kept_scores is None else {  # which parameters became each goal's agent
       goal: {'updates': int(updates), 'monitored_success': float(success)}
-      for goal, updates, success in zip(configs.rrf_goals, best.iteration, best.success)}
+      for goal, updates, success in zip(configs.rrf_goals, *kept_scores)}
   write_atomic(os.path.join(workdir, 'results.json'),
                lambda f: f.write(json.dumps({'config': run_config, 'goal_values': goal_values, 'results': results,
                                              'rrf_kept': kept}, indent=1).encode()))

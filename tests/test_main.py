@@ -36,6 +36,11 @@ def launch(*args: str, **env: str) -> subprocess.Popen:
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def run_train_rpl(*args: str, **env: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'train_rpl.py'), *args], cwd=REPO,
+                        env=dict(os.environ, PYTHONPATH=REPO, **env), capture_output=True, text=True, timeout=900)
+
+
 def run_main(*args: str, timeout: float = 900) -> str:
   process = launch(*args)
   output = process.communicate(timeout=timeout)[0]
@@ -279,10 +284,8 @@ def test_train_rpl_starts_from_the_ril_checkpoint_and_keeps_the_best_monitored_a
   RRF phase retraces the smoke run's exactly (adding the best/* metrics), and each goal's RRF agent,
   in the report and from the run directory, is the kept parameters: those of the iteration whose
   logged monitor scores rank first."""
-  process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'train_rpl.py'),
-                            f'--ril_workdir={smoke_run}', f'--workdir={tmp_path}', '--config.preset=smoke',
-                            '--config.eval.videos=0', '--config.rrf.keep_best=True', '--config.checkpoint_every=1'],
-                           cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
+  process = run_train_rpl(f'--ril_workdir={smoke_run}', f'--workdir={tmp_path}', '--config.preset=smoke',
+                          '--config.eval.videos=0', '--config.rrf.keep_best=True', '--config.checkpoint_every=1')
   assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
   assert not os.path.exists(tmp_path / 'metrics_ril.jsonl') and (tmp_path / 'report.md').exists()
   strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != 'time' and not k.startswith('perf/')}
@@ -293,18 +296,17 @@ def test_train_rpl_starts_from_the_ril_checkpoint_and_keeps_the_best_monitored_a
   kept = json.loads((tmp_path / 'results.json').read_text())['rrf_kept']
   assert list(kept) == goals and 'RRF agents (`rrf.keep_best`)' in (tmp_path / 'report.md').read_text()
   agent, params, *_ = phases.load_policy(str(tmp_path), 'rrf')
+  configs = phases.build(config_dict.ConfigDict(read_config(str(tmp_path / 'rrf' / 'checkpoints'))))
+  ril_state = load_state(str(smoke_run / 'ril' / 'checkpoints'), phases._ril_target(agent, configs.bc))
   for g, goal in enumerate(goals):
     scores = [(row[f'goal/{goal}/deterministic/success'], row[f'goal/{goal}/deterministic/step_completion'])
               for row in kept_run]
     want = max(range(len(scores)), key=lambda i: (*scores[i], -i))
     assert kept[goal]['updates'] == want == kept_run[-1][f'goal/{goal}/best/iteration']
     assert kept[goal]['monitored_success'] == scores[want][0]
-  configs = phases.build(config_dict.ConfigDict(read_config(str(tmp_path / 'rrf' / 'checkpoints'))))
-  ril_state = load_state(str(smoke_run / 'ril' / 'checkpoints'), phases._ril_target(agent, configs.bc))
-  for g, goal in enumerate(goals):  # the parameters after `updates` updates: the RIL agent's, or a checkpoint's
-    updates = kept[goal]['updates']
-    saved = ril_state.average if not updates else jax.tree.map(lambda x: x[g], load_state(
-        str(tmp_path / 'rrf' / 'checkpoints'), phases._tuned_target(agent, configs, ril_state), step=updates).params)
+    # The parameters after `want` updates: the RIL agent's, or a checkpoint's.
+    saved = ril_state.average if not want else jax.tree.map(lambda x: x[g], load_state(
+        str(tmp_path / 'rrf' / 'checkpoints'), phases._tuned_target(agent, configs, ril_state), step=want).params)
     assert all(np.array_equal(x[g], y) for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(saved))), goal
 
 
@@ -313,11 +315,9 @@ def test_train_rpl_from_a_ril_run_on_a_device_mesh(smoke_run, tmp_path):
   2-goal mesh of 2 CPU devices, distillation and evaluation run, and the RIL agent evaluates as in
   the run it came from."""
   flags = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2'
-  process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'train_rpl.py'),
-                            f'--ril_workdir={smoke_run}', f'--workdir={tmp_path}', '--config.preset=smoke',
-                            '--config.eval.videos=0', '--config.mesh.goal=2', '--config.rrf.iterations=1'],
-                           cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=flags), capture_output=True,
-                           text=True, timeout=900)
+  process = run_train_rpl(f'--ril_workdir={smoke_run}', f'--workdir={tmp_path}', '--config.preset=smoke',
+                          '--config.eval.videos=0', '--config.mesh.goal=2', '--config.rrf.iterations=1',
+                          XLA_FLAGS=flags)
   assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
   assert json.loads((tmp_path / 'run_info.json').read_text())['device_count'] == 2
   results, source = (json.loads((run / 'results.json').read_text())['results'] for run in (tmp_path, smoke_run))
@@ -327,10 +327,8 @@ def test_train_rpl_from_a_ril_run_on_a_device_mesh(smoke_run, tmp_path):
 def test_starting_from_a_ril_run_with_other_goal_inputs_fails(smoke_run, tmp_path):
   """The normalizers of a RIL run trained on absolute goals have the same shapes as relative ones:
   only the configs can tell, and a mismatch is refused before anything trains."""
-  process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'train_rpl.py'),
-                            f'--ril_workdir={smoke_run}', f'--workdir={tmp_path}', '--config.preset=smoke',
-                            '--config.ril.relative_goals=True'], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
-                           capture_output=True, text=True, timeout=900)
+  process = run_train_rpl(f'--ril_workdir={smoke_run}', f'--workdir={tmp_path}', '--config.preset=smoke',
+                          '--config.ril.relative_goals=True')
   assert process.returncode != 0
   assert 'trained with ril.relative_goals=False, this run has True' in process.stderr
   assert not (tmp_path / 'rrf').exists()
