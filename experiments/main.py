@@ -2,6 +2,7 @@
 
   python experiments/main.py --workdir=runs/quick                        # quick preset: a 2-core CPU, < 20 min
   python experiments/main.py --workdir=runs/paper --config.preset=paper   # paper scale, on an accelerator
+  python experiments/main.py --workdir=runs/tuned --config.preset=tuned   # our best measured settings
   python experiments/main.py --workdir=runs/quick --config.rrf.variant=iril --config.rrf.iterations=30
 
 The config is experiments/configs/main.py; `--config.x=...` overrides it and wins over the preset.

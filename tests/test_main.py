@@ -139,6 +139,15 @@ def test_compared_methods_with_one_config_share_one_run():
   assert directory('quick', 'rpl_dapg_wl10') == os.path.join('w', 'rpl_dapg_wl10', 'seed2')
 
 
+def test_every_preset_passes_validation():
+  for preset, overrides in main_config.PRESETS.items():
+    config = main_config.get_config(preset)
+    phases.build(config)  # raises on a bad combination
+    assert all(config[p.split('.')[0]][p.split('.')[1]] == v for p, v in overrides.items()), preset
+  tuned = phases.build(main_config.get_config('tuned')).rrf
+  assert (tuned.exploration_log_std, tuned.keep_best, tuned.monitor_episodes) == (-3.0, True, 16)
+
+
 def test_overrides_win_over_the_preset():
   config = main_config.get_config('quick')
   config.rrf.num_envs = 3
