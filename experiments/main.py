@@ -110,20 +110,6 @@ def curve(workdir: str, phase: str, panels: list[str | tuple[str, ...]], title: 
   return path
 
 
-def table(results: dict[str, dict], goals) -> str:
-  """Markdown: one row per goal (and one for all), one column per agent; cells are success % / step
-  completion, empty where an agent was not evaluated on that goal."""
-  agents = list(results)
-  header = '| goal | ' + ' | '.join(agents) + ' |\n|' + '---|' * (1 + len(agents)) + '\n'
-
-  def cell(summary):
-    return f"{summary['success'] * 100:.0f} / {summary['step_completion']:.2f}" if summary else ''
-
-  rows = [('**all evaluated goals**', [results[a] for a in agents])]
-  rows += [(goal, [results[a]['per_goal'].get(goal) for a in agents]) for goal in goals]
-  return header + ''.join(f'| {name} | ' + ' | '.join(cell(s) for s in summaries) + ' |\n' for name, summaries in rows)
-
-
 def goal_note(source: str, values: evaluation.GoalValues) -> str:
   """What the agents' goal states hold, for the report."""
   where = {'demos': 'where the demos leave it completed', 'task': "at FrankaKitchen's goal value"}[source]
@@ -220,7 +206,7 @@ def main(argv, config=None, workdir: str | None = None):
             'Cells: success % / step completion. The RRF column covers its fine-tuned goals only; nearest '
             'neighbour replays the demo whose final state is closest to the goal, open loop. '
             'Paper, Table 1 (17 goals, human demos): RIL 21.7 % / 2.4.\n\n' + goal_note(configs.goal_values, goal_values) + '\n\n'
-            + table(results, goals) + kept_note(kept) +
+            + evaluation.markdown_table(results, goals) + kept_note(kept) +
             '\n## Learning curves\n\n' + ''.join(f'![{p}]({p})\n\n' for p in pngs) +
             '## Videos\n\n' + ''.join(f'- [{g}]({g})\n' for g in gifs) +
             '\n## Files\n\nmetrics_<phase>.jsonl, tensorboard/ (`tensorboard --logdir ' + os.path.join(workdir, 'tensorboard')
@@ -229,7 +215,7 @@ def main(argv, config=None, workdir: str | None = None):
             f"; devices {info['devices']}; git {info['git']['commit']}\n\n"
             '## Config\n\n```json\n' + json.dumps(run_config, indent=1) + '\n```\n')
   write_atomic(os.path.join(workdir, 'report.md'), lambda f: f.write(report.encode()))
-  print(table(results, goals))
+  print(evaluation.markdown_table(results, goals))
   print(f'wrote {os.path.join(workdir, "report.md")}')
 
 

@@ -121,6 +121,20 @@ def summarize(evaluation: Evaluation) -> dict:
           'per_goal': per_goal, 'per_element': per_element}
 
 
+def markdown_table(results: Mapping[str, dict], goals: Sequence[str]) -> str:
+  """Markdown of `summarize`d results per agent: one row per goal (and one for all), one column per
+  agent; cells are success % / step completion, empty where an agent was not evaluated on that goal."""
+  agents = list(results)
+  header = '| goal | ' + ' | '.join(agents) + ' |\n|' + '---|' * (1 + len(agents)) + '\n'
+
+  def cell(summary):
+    return f"{summary['success'] * 100:.0f} / {summary['step_completion']:.2f}" if summary else ''
+
+  rows = [('**all evaluated goals**', [results[a] for a in agents])]
+  rows += [(goal, [results[a]['per_goal'].get(goal) for a in agents]) for goal in goals]
+  return header + ''.join(f'| {name} | ' + ' | '.join(cell(s) for s in summaries) + ' |\n' for name, summaries in rows)
+
+
 def success_lead_p_value(successes: int, episodes: int, other_successes: int, other_episodes: int) -> float:
   """One-sided Fisher exact test that the first agent succeeds more often than the other: the
   probability, were their success rates equal, that the first would get at least `successes` of the

@@ -300,13 +300,18 @@ def run_goal_values(workdir: str, source: str, demos: PaddedDemos) -> dict[str, 
   return values
 
 
-def load_policy(workdir: str, phase: str = 'distill') -> Policy:
-  """A main-job run directory's agent, from the final checkpoint of `phase`: 'ril' and 'distill' give
-  one agent for every goal (goals: the run's eval goals), 'rrf' the per-goal agents, params stacked
-  over `goals` (the run's rrf goals). Evaluate it with the run's goal values to get its numbers."""
+def load_policy(workdir: str, phase: str = 'distill', step: int | None = None, kept: bool = True) -> Policy:
+  """A main-job run directory's agent, from the checkpoint of `phase` at `step` (default: its last):
+  'ril' and 'distill' give one agent for every goal (goals: the run's eval goals), 'rrf' the per-goal
+  agents, params stacked over `goals` (the run's rrf goals): with `kept` and rrf.keep_best, each
+  goal's best monitored parameters so far, else the parameters the iterations trained to. Evaluate
+  it with the run's goal values to get its numbers."""
   if phase not in ('ril', 'rrf', 'distill'):
     raise ValueError(f"phase must be 'ril', 'rrf' or 'distill', got {phase!r}.")
-  config = config_dict.ConfigDict(read_config(os.path.join(workdir, phase, 'checkpoints')))
+  config_phase = phase
+  if phase == 'ril' and not os.path.isdir(os.path.join(workdir, 'ril', 'checkpoints')):
+    config_phase = 'rrf'  # train_rpl.py's run: its RIL agent is config.ril.from_workdir's
+  config = config_dict.ConfigDict(read_config(os.path.join(workdir, config_phase, 'checkpoints')))
   configs = build(config)
   if configs.goal_values == 'task':
     goal_values = evaluation.goal_values('task')
@@ -318,12 +323,13 @@ def load_policy(workdir: str, phase: str = 'distill') -> Policy:
       goal_values = {element: tuple(v) for element, v in json.load(f)['values'].items()}
   agent = train.make_agent(configs.bc)
   ril_dir = os.path.join(config.ril.get('from_workdir') or workdir, 'ril', 'checkpoints')  # older runs lack the key
-  ril_state = load_state(ril_dir, _ril_target(agent, configs.bc))
+  ril_state = load_state(ril_dir, _ril_target(agent, configs.bc), step if phase == 'ril' else None)
   if phase == 'ril':
     return Policy(agent, ril_state.average, ril_state.normalizers, configs.eval_goals, goal_values)
   if phase == 'distill':
     target = {'params': ril_state.average, 'key': jax.random.key(0)}
-    return Policy(agent, load_state(os.path.join(workdir, 'distill', 'checkpoints'), target)['params'],
+    return Policy(agent, load_state(os.path.join(workdir, 'distill', 'checkpoints'), target, step)['params'],
                   ril_state.normalizers, configs.eval_goals, goal_values)
-  tuned = load_state(os.path.join(workdir, 'rrf', 'checkpoints'), _tuned_target(agent, configs, ril_state))
-  return Policy(agent, rrf.tuned_params(tuned), ril_state.normalizers, configs.rrf_goals, goal_values)
+  tuned = load_state(os.path.join(workdir, 'rrf', 'checkpoints'), _tuned_target(agent, configs, ril_state), step)
+  return Policy(agent, rrf.tuned_params(tuned) if kept else tuned.params, ril_state.normalizers, configs.rrf_goals,
+                goal_values)

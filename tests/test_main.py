@@ -288,35 +288,79 @@ def test_compare_runs_baselines_through_the_main_job(smoke_run, tmp_path):
   assert [r['buffer_size'] for r in aw] == [60, 120, 120] and all(r['low/q_loss'] >= 0 for r in aw)
 
 
-def test_train_rpl_starts_from_the_ril_checkpoint_and_keeps_the_best_monitored_agents(smoke_run, tmp_path):
-  """Same config and seed on the smoke run's RIL checkpoint, with rrf.keep_best: no RIL training, the
-  RRF phase retraces the smoke run's exactly (adding the best/* metrics), and each goal's RRF agent,
-  in the report and from the run directory, is the kept parameters: those of the iteration whose
-  logged monitor scores rank first."""
-  process = run_train_rpl(f'--ril_workdir={smoke_run}', f'--workdir={tmp_path}', '--config.preset=smoke',
+@pytest.fixture(scope='module')
+def kept_run(smoke_run, tmp_path_factory):
+  """train_rpl.py on the smoke run's RIL checkpoint with its config and seed, and rrf.keep_best."""
+  workdir = tmp_path_factory.mktemp('kept')
+  process = run_train_rpl(f'--ril_workdir={smoke_run}', f'--workdir={workdir}', '--config.preset=smoke',
                           '--config.eval.videos=0', '--config.rrf.keep_best=True', '--config.checkpoint_every=1')
   assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
-  assert not os.path.exists(tmp_path / 'metrics_ril.jsonl') and (tmp_path / 'report.md').exists()
+  return workdir
+
+
+def test_train_rpl_starts_from_the_ril_checkpoint_and_keeps_the_best_monitored_agents(smoke_run, kept_run):
+  """No RIL training, the RRF phase retraces the smoke run's exactly (adding the best/* metrics), and
+  each goal's RRF agent, in the report and from the run directory, is the kept parameters: those of
+  the iteration whose logged monitor scores rank first."""
+  assert not os.path.exists(kept_run / 'metrics_ril.jsonl') and (kept_run / 'report.md').exists()
   strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != 'time' and not k.startswith('perf/')}
                         for line in path.read_text().splitlines()]
-  kept_run, smoke = strip(tmp_path / 'metrics_rrf.jsonl'), strip(smoke_run / 'metrics_rrf.jsonl')
-  assert [{k: v for k, v in row.items() if 'best/' not in k} for row in kept_run] == smoke
+  logged, smoke = strip(kept_run / 'metrics_rrf.jsonl'), strip(smoke_run / 'metrics_rrf.jsonl')
+  assert [{k: v for k, v in row.items() if 'best/' not in k} for row in logged] == smoke
   goals = main_config.get_config('smoke').rrf.goals.split(',')
-  kept = json.loads((tmp_path / 'results.json').read_text())['rrf_kept']
-  assert list(kept) == goals and 'RRF agents (`rrf.keep_best`)' in (tmp_path / 'report.md').read_text()
-  agent, params, *_ = phases.load_policy(str(tmp_path), 'rrf')
-  configs = phases.build(config_dict.ConfigDict(read_config(str(tmp_path / 'rrf' / 'checkpoints'))))
+  kept = json.loads((kept_run / 'results.json').read_text())['rrf_kept']
+  assert list(kept) == goals and 'RRF agents (`rrf.keep_best`)' in (kept_run / 'report.md').read_text()
+  agent, params, *_ = phases.load_policy(str(kept_run), 'rrf')
+  configs = phases.build(config_dict.ConfigDict(read_config(str(kept_run / 'rrf' / 'checkpoints'))))
   ril_state = load_state(str(smoke_run / 'ril' / 'checkpoints'), phases._ril_target(agent, configs.bc))
   for g, goal in enumerate(goals):
     scores = [(row[f'goal/{goal}/deterministic/success'], row[f'goal/{goal}/deterministic/step_completion'])
-              for row in kept_run]
+              for row in logged]
     want = max(range(len(scores)), key=lambda i: (*scores[i], -i))
-    assert kept[goal]['updates'] == want == kept_run[-1][f'goal/{goal}/best/iteration']
+    assert kept[goal]['updates'] == want == logged[-1][f'goal/{goal}/best/iteration']
     assert kept[goal]['monitored_success'] == scores[want][0]
     # The parameters after `want` updates: the RIL agent's, or a checkpoint's.
     saved = ril_state.average if not want else jax.tree.map(lambda x: x[g], load_state(
-        str(tmp_path / 'rrf' / 'checkpoints'), phases._tuned_target(agent, configs, ril_state), step=want).params)
+        str(kept_run / 'rrf' / 'checkpoints'), phases._tuned_target(agent, configs, ril_state), step=want).params)
     assert all(np.array_equal(x[g], y) for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(saved))), goal
+
+
+def test_evaluate_runs_every_agent_on_the_same_resets(smoke_run, kept_run):
+  """experiments/evaluate.py on the keep_best run: its kept RRF agents on the run's evaluation seed
+  reproduce the report's numbers; RIL and the last RRF parameters score as the per-goal evaluator
+  scores them from the checkpoints; the p-values are the Fisher test's; bad requests fail clearly."""
+  script = os.path.join(REPO, 'experiments', 'evaluate.py')
+  evaluate = lambda *args: subprocess.run([sys.executable, script, f'--workdir={kept_run}', *args], cwd=REPO,
+                                          env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                                          timeout=600)
+  process = evaluate('--agents=ril,rrf,rrf_last', '--episodes=1')
+  assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
+  config = read_config(str(kept_run / 'rrf' / 'checkpoints'))
+  seed, steps = config['eval']['seed'], config['eval']['episode_steps']
+  record = json.loads((kept_run / 'evaluation' / f'seed{seed}_1x{steps}.json').read_text())
+  results = record['results']
+  goals = tuple(main_config.get_config('smoke').rrf.goals.split(','))
+  assert tuple(record['goals']) == goals
+  assert results['rrf'] == json.loads((kept_run / 'results.json').read_text())['results']['RRF per goal (iril)']
+  agent, _, normalizers, _, goal_values = phases.load_policy(str(kept_run), 'ril')
+  configs = phases.build(config_dict.ConfigDict(config))
+  ril_state = load_state(str(smoke_run / 'ril' / 'checkpoints'), phases._ril_target(agent, configs.bc))
+  last = load_state(str(kept_run / 'rrf' / 'checkpoints'), phases._tuned_target(agent, configs, ril_state)).params
+  env = KitchenEnv(KitchenConfig(backend='cpu', horizon=steps))
+  per_goal = evaluation.make_evaluator(env, agent, steps, per_goal=True, values=goal_values)
+  copies = jax.tree.map(lambda x: np.stack([x] * len(goals)), ril_state.average)
+  for name, params in (('ril', copies), ('rrf_last', last)):
+    assert results[name] == evaluation.summarize(per_goal(params, normalizers, jax.random.key(seed), goals, 1)), name
+  count = lambda name: round(results[name]['success'] * len(goals))
+  assert record['success_lead_over_ril_p'] == {
+      name: evaluation.success_lead_p_value(count(name), len(goals), count('ril'), len(goals))
+      for name in ('rrf', 'rrf_last')}
+  assert '| microwave-kettle-topknob-hinge |' in (kept_run / 'evaluation' / f'seed{seed}_1x{steps}.md').read_text()
+  for args, message in ((('--agents=rrf', '--goals=microwave-kettle-switch-slide'), 'the RRF agents cover'),
+                        (('--agents=ril,ppo',), '--agents must name some of'),
+                        (('--goals=microwave-kettle-oven',), 'oven')):
+    process = evaluate(*args)
+    assert process.returncode != 0 and message in process.stderr, process.stderr[-2000:]
 
 
 def test_train_rpl_from_a_ril_run_on_a_device_mesh(smoke_run, tmp_path):

@@ -1,0 +1,145 @@
+"""Evaluate a run directory's agents again, on more episodes or other resets, all on the same ones.
+
+  python experiments/evaluate.py --workdir=runs/tuned --episodes=50 --seed=7000
+  python experiments/evaluate.py --workdir=runs/tuned --agents=ril,rrf,rrf_last --rrf_step=10
+
+Agents (--agents): `ril`, the imitation phase's agent; `rrf`, the per-goal agents the report evaluates
+(under rrf.keep_best each goal's best monitored parameters, else the last); `rrf_last`, the
+parameters RRF trained to, whatever it kept; `distill`, the distilled agent. They run through one
+per-goal evaluator (a shared agent's parameters copied to every goal) on the same goals and reset keys,
+so each goal's episodes start alike for every agent and identical parameters score identically. The
+main job's report runs the shared agents through another evaluator, whose batch shape differs, so
+its numbers can differ by a few episodes (BUILD_NOTES.md, "Keeping the best monitored agent").
+
+The goals default to the run's RRF goals when an RRF agent is asked for, else its evaluation goals;
+the evaluation seed, episode length and backend default to the run's. Writes
+<workdir>/evaluation/seed<seed>_<episodes>x<steps>.json and .md: per agent, success and step
+completion overall, per goal and per element, and the one-sided Fisher p-value of its success lead
+over RIL (evaluation.success_lead_p_value).
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+
+from envs.kitchen import KitchenConfig, KitchenEnv
+from rpl_jax import evaluation, phases
+from rpl_jax.checkpoint import CheckpointError, read_config
+from rpl_jax.files import write_atomic
+
+AGENTS = {'ril': ('ril', True), 'rrf': ('rrf', True), 'rrf_last': ('rrf', False), 'distill': ('distill', True)}
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A main-job or train_rpl.py run directory.', required=True)
+_AGENTS = flags.DEFINE_list('agents', ['ril', 'rrf', 'distill'], f'Any of {list(AGENTS)}.')
+_GOALS = flags.DEFINE_string('goals', '', "Comma-separated compound goals or 'all'; empty: the run's (see above).")
+_EPISODES = flags.DEFINE_integer('episodes', 50, 'Episodes per goal.')
+_SEED = flags.DEFINE_integer('seed', None, "Evaluation seed (reset keys); default: the run's eval.seed.")
+_EPISODE_STEPS = flags.DEFINE_integer('episode_steps', None, "Steps per episode; default: the run's eval.episode_steps.")
+_BACKEND = flags.DEFINE_string('backend', None, "Env backend; default: the run's.")
+_RRF_STEP = flags.DEFINE_integer('rrf_step', None, 'The RRF checkpoint step (iterations) to load; default: the last.')
+_OUT = flags.DEFINE_string('out', None, 'Output path without extension; default: <workdir>/evaluation/seed<seed>_'
+                           '<episodes>x<steps>.')
+
+
+def load_agents(workdir: str, names: list[str], rrf_step: int | None) -> dict[str, phases.Policy]:
+  """The asked-for agents of a run directory, by --agents name; a phase the run lacks fails here."""
+  unknown = [name for name in names if name not in AGENTS]
+  if unknown or not names:
+    raise app.UsageError(f'--agents must name some of {list(AGENTS)}, got {names}.')
+  policies = {}
+  for name in names:
+    phase, kept = AGENTS[name]
+    try:
+      policies[name] = phases.load_policy(workdir, phase, rrf_step if phase == 'rrf' else None, kept)
+    except CheckpointError as e:
+      raise app.UsageError(f'cannot load {name} (has the {phase} phase run?): {e}') from e
+  return policies
+
+
+def run_config(workdir: str) -> dict:
+  """The run's config, from its latest phase's checkpoints (a train_rpl.py run has no ril/)."""
+  phase = next(p for p in ('distill', 'rrf', 'ril') if os.path.isdir(os.path.join(workdir, p, 'checkpoints')))
+  return read_config(os.path.join(workdir, phase, 'checkpoints'))
+
+
+def stacked(name: str, policy: phases.Policy, goals: tuple[str, ...]):
+  """[G, ...] parameters for `goals`: an RRF agent's rows for them, or copies of a shared agent's."""
+  if AGENTS[name][0] != 'rrf':
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (len(goals),) + x.shape), policy.params)
+  missing = [goal for goal in goals if goal not in policy.goals]
+  if missing:
+    raise app.UsageError(f'the RRF agents cover {list(policy.goals)}, not {missing}: pass --goals within them, '
+                         'or drop rrf and rrf_last from --agents.')
+  rows = jnp.array([policy.goals.index(goal) for goal in goals])
+  return jax.tree.map(lambda x: x[rows], policy.params)
+
+
+def report(workdir: str, seed: int, episodes: int, steps: int, results: dict[str, dict],
+           p_values: dict[str, float], goals: tuple[str, ...]) -> str:
+  """Markdown: the per-goal table, the per-element completion and the p-values."""
+  elements = list(next(iter(results.values()))['per_element'])
+  text = (f'# Evaluation of {workdir}\n\n{episodes} episodes per goal, {steps} steps, mean actions, evaluation '
+          f'seed {seed}, the same resets for every agent. Cells: success % / step completion.\n\n'
+          + evaluation.markdown_table(results, goals) + '\n## Per element (completion %, over the episodes whose '
+          'goal has it)\n\n| element | ' + ' | '.join(results) + ' |\n|' + '---|' * (1 + len(results)) + '\n'
+          + ''.join(f'| {e} | ' + ' | '.join(f"{100 * s['per_element'][e]:.0f}" for s in results.values()) + ' |\n'
+                    for e in elements))
+  if p_values:
+    text += ('\n## Success lead over RIL (one-sided Fisher exact test)\n\n'
+             + ''.join(f'- {name}: {results[name]["success"] * results[name]["episodes"]:.0f} of '
+                       f'{results[name]["episodes"]} against {results["ril"]["success"] * results["ril"]["episodes"]:.0f}'
+                       f', p = {p:.2g}\n' for name, p in p_values.items()))
+  return text
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+  workdir = _WORKDIR.value
+  policies = load_agents(workdir, _AGENTS.value, _RRF_STEP.value)
+  first = next(iter(policies.values()))
+  if any(policy.goal_values != first.goal_values for policy in policies.values()):
+    raise app.UsageError('the agents were trained for different goal states (goal_values); evaluate them apart.')
+  config = run_config(workdir)
+  rrf_goals = next((p.goals for name, p in policies.items() if AGENTS[name][0] == 'rrf'), None)
+  try:
+    goals = evaluation.check_goals(phases.goal_list(_GOALS.value) if _GOALS.value else rrf_goals or first.goals,
+                                   _EPISODES.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  seed = config['eval']['seed'] if _SEED.value is None else _SEED.value
+  steps = _EPISODE_STEPS.value or config['eval']['episode_steps']
+  backend = _BACKEND.value or config['backend']
+  phases.check_backend(backend)
+  env = KitchenEnv(KitchenConfig(backend=backend, horizon=steps))
+  evaluate = evaluation.make_evaluator(env, first.agent, steps, per_goal=True, values=first.goal_values)
+  results = {}
+  for name, policy in policies.items():
+    results[name] = evaluation.summarize(evaluate(stacked(name, policy, goals), policy.normalizers,
+                                                  jax.random.key(seed), goals, _EPISODES.value))
+    print(f"{name}: success {results[name]['success']:.3f}, step completion {results[name]['step_completion']:.2f}",
+          flush=True)
+  count = lambda name: round(results[name]['success'] * results[name]['episodes'])
+  p_values = {name: evaluation.success_lead_p_value(count(name), results[name]['episodes'], count('ril'),
+                                                    results['ril']['episodes'])
+              for name in results if name != 'ril' and 'ril' in results}
+  out = _OUT.value or os.path.join(workdir, 'evaluation', f'seed{seed}_{_EPISODES.value}x{steps}')
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  record = {'workdir': workdir, 'seed': seed, 'episodes': _EPISODES.value, 'episode_steps': steps,
+            'backend': backend, 'rrf_step': _RRF_STEP.value, 'goals': goals, 'results': results,
+            'success_lead_over_ril_p': p_values}
+  write_atomic(out + '.json', lambda f: f.write(json.dumps(record, indent=1).encode()))
+  text = report(workdir, seed, _EPISODES.value, steps, results, p_values, goals)
+  write_atomic(out + '.md', lambda f: f.write(text.encode()))
+  print(text)
+  print(f'wrote {out}.json and {out}.md')
+
+
+if __name__ == '__main__':
+  app.run(main)
