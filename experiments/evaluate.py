@@ -15,7 +15,9 @@ The goals default to the run's RRF goals when an RRF agent is asked for, else it
 the evaluation seed, episode length and backend default to the run's. Writes
 <workdir>/evaluation/seed<seed>_<episodes>x<steps>.json and .md: per agent, success and step
 completion overall, per goal and per element, and the one-sided Fisher p-value of its success lead
-over RIL (evaluation.success_lead_p_value).
+over RIL (evaluation.success_lead_p_value). That test takes the episodes as independent draws: it
+says whether these parameters beat RIL's, not whether the method would over training seeds, whose
+spread is larger (BUILD_NOTES.md, session 26).
 """
 
 import json
@@ -39,7 +41,8 @@ _AGENTS = flags.DEFINE_list('agents', ['ril', 'rrf', 'distill'], f'Any of {list(
 _GOALS = flags.DEFINE_string('goals', '', "Comma-separated compound goals or 'all'; empty: the run's (see above).")
 _EPISODES = flags.DEFINE_integer('episodes', 50, 'Episodes per goal.')
 _SEED = flags.DEFINE_integer('seed', None, "Evaluation seed (reset keys); default: the run's eval.seed.")
-_EPISODE_STEPS = flags.DEFINE_integer('episode_steps', None, "Steps per episode; default: the run's eval.episode_steps.")
+_EPISODE_STEPS = flags.DEFINE_integer('episode_steps', None,
+                                      "Steps per episode; default: the run's eval.episode_steps.")
 _BACKEND = flags.DEFINE_string('backend', None, "Env backend; default: the run's.")
 _RRF_STEP = flags.DEFINE_integer('rrf_step', None, 'The RRF checkpoint step (iterations) to load; default: the last.')
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension; default: <workdir>/evaluation/seed<seed>_'
@@ -79,6 +82,11 @@ def stacked(name: str, policy: phases.Policy, goals: tuple[str, ...]):
   return jax.tree.map(lambda x: x[rows], policy.params)
 
 
+def successes(summary: dict) -> int:
+  """The successful episodes behind a `summarize`d success rate."""
+  return round(summary['success'] * summary['episodes'])
+
+
 def report(workdir: str, seed: int, episodes: int, steps: int, results: dict[str, dict],
            p_values: dict[str, float], goals: tuple[str, ...]) -> str:
   """Markdown: the per-goal table, the per-element completion and the p-values."""
@@ -90,10 +98,10 @@ def report(workdir: str, seed: int, episodes: int, steps: int, results: dict[str
           + ''.join(f'| {e} | ' + ' | '.join(f"{100 * s['per_element'][e]:.0f}" for s in results.values()) + ' |\n'
                     for e in elements))
   if p_values:
-    text += ('\n## Success lead over RIL (one-sided Fisher exact test)\n\n'
-             + ''.join(f'- {name}: {results[name]["success"] * results[name]["episodes"]:.0f} of '
-                       f'{results[name]["episodes"]} against {results["ril"]["success"] * results["ril"]["episodes"]:.0f}'
-                       f', p = {p:.2g}\n' for name, p in p_values.items()))
+    text += '\n## Success lead over RIL (one-sided Fisher exact test)\n\n' + ''.join(
+        f"- {name}: {successes(results[name])} of {results[name]['episodes']} against {successes(results['ril'])}, "
+        f"p = {p:.2g}\n"
+        for name, p in p_values.items())
   return text
 
 
@@ -125,9 +133,8 @@ def main(argv):
                                                   jax.random.key(seed), goals, _EPISODES.value))
     print(f"{name}: success {results[name]['success']:.3f}, step completion {results[name]['step_completion']:.2f}",
           flush=True)
-  count = lambda name: round(results[name]['success'] * results[name]['episodes'])
-  p_values = {name: evaluation.success_lead_p_value(count(name), results[name]['episodes'], count('ril'),
-                                                    results['ril']['episodes'])
+  p_values = {name: evaluation.success_lead_p_value(successes(results[name]), results[name]['episodes'],
+                                                    successes(results['ril']), results['ril']['episodes'])
               for name in results if name != 'ril' and 'ril' in results}
   out = _OUT.value or os.path.join(workdir, 'evaluation', f'seed{seed}_{_EPISODES.value}x{steps}')
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
