@@ -89,7 +89,8 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
         low_reward=r.low_reward, finetune_high=r.finetune_high, finetune_low=r.finetune_low,
         from_scratch=tuple(level.strip() for level in r.from_scratch.split(',') if level.strip()),
         exploration_log_std=r.get('exploration_log_std'),  # absent in runs saved before the key existed
-        update=npg.NPGConfig(step_size=r.step_size), value_hidden=tuple(r.value_hidden), value_epochs=r.value_epochs,
+        update=npg.NPGConfig(step_size=r.step_size, damping=r.get('damping', npg.NPGConfig.damping)),
+        value_hidden=tuple(r.value_hidden), value_epochs=r.value_epochs,
         value_batch_size=r.value_batch_size, relabel=windows, dapg_lambda0=r.dapg_lambda0,
         dapg_lambda1=r.dapg_lambda1, bc_batch_size=r.bc_batch_size, buffer_episodes=r.buffer_episodes, **monitor)
     rrf.check_exploration(fine_tuning, bc.policy.min_log_std)

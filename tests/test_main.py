@@ -58,6 +58,7 @@ def smoke() -> config_dict.ConfigDict:
 @pytest.mark.parametrize('change, message', [
     (lambda c: setattr(c.ril, 'window_low', 300), 'window_high must be >= window_low'),
     (lambda c: setattr(c.rrf, 'variant', 'ppo'), 'unknown RRF variant'),
+    (lambda c: setattr(c.rrf, 'damping', -1.0), 'damping >= 0'),
     (lambda c: setattr(c.rrf, 'goals', 'microwave-toaster'), 'unknown kitchen element'),
     (lambda c: setattr(c, 'backend', 'warp'), 'unknown backend'),
     (lambda c: setattr(c.rrf, 'iterations', 0), 'rrf.iterations must be >= 1'),
@@ -223,12 +224,9 @@ def test_sigkill_and_resume_ends_bit_for_bit_where_an_uninterrupted_run_does(smo
       json.loads((tmp_path / 'whole' / 'results.json').read_text())['results']
 
 
-NPG_STEP_METRICS = ('kl', 'step_size', 'surrogate_after')
-
-
 def test_two_processes_train_like_one_and_process_0_writes(smoke_run, tmp_path):
   """The smoke run as two jax.distributed processes of 2 CPU devices each (2 goals x 2 data mesh):
-  one report, written by process 0, and the metrics of the one-device run up to float summation
+  one report, written by process 0, and the metrics of the one-device run to 0.1 %, float summation
   order."""
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -249,14 +247,9 @@ def test_two_processes_train_like_one_and_process_0_writes(smoke_run, tmp_path):
     assert [r.keys() for r in two[phase]] == [r.keys() for r in one[phase]]
     for a, b in zip(two[phase], one[phase]):
       for name, value in b.items():
-        # CG on the smoke run's ill-conditioned Fisher (10 iterations leave a relative residual of 0.2-0.4)
-        # amplifies summation-order differences into the NPG step: the residual itself differed by up to
-        # 1.9x (0.21 against 0.40, with the Fisher products summed over sample blocks), the KL, step size
-        # and surrogate after the step by up to 3.9 %, and the next iteration's gradient norm, taken at
-        # parameters those steps moved, by 1.2e-3; every other metric within 1e-3.
-        rel = {'cg_residual': 1.0, 'grad_norm': 1e-2, **dict.fromkeys(NPG_STEP_METRICS, 5e-2)}.get(
-            name.split('/')[-1], 1e-3)
-        assert a[name] == pytest.approx(value, rel=rel, abs=1e-5, nan_ok=True), (phase, a['step'], name)
+        # The smoke preset damps the Fisher enough for CG to converge (its r.r ~ 1e-10 falls under `abs`), so
+        # summation order is not amplified into the NPG steps (experiments/configs/main.py).
+        assert a[name] == pytest.approx(value, rel=1e-3, abs=1e-5, nan_ok=True), (phase, a['step'], name)
 
 
 def test_compare_runs_baselines_through_the_main_job(smoke_run, tmp_path):
