@@ -13,7 +13,8 @@ its numbers can differ by a few episodes (BUILD_NOTES.md, "Keeping the best moni
 
 The goals default to the run's RRF goals when an RRF agent is asked for, else its evaluation goals;
 the evaluation seed, episode length and backend default to the run's. Writes
-<workdir>/evaluation/seed<seed>_<episodes>x<steps>.json and .md: per agent, success and step
+<workdir>/evaluation/<backend>_seed<seed>_<episodes>x<steps>_<G>goals-<crc>_<agents>[_rrfstep<step>]
+.json and .md (a name per request, so that none overwrites another): per agent, success and step
 completion overall, per goal and per element, and the one-sided Fisher p-value of its success lead
 over RIL (evaluation.success_lead_p_value). That test takes the episodes as independent draws: it
 says whether these parameters beat RIL's, not whether the method would over training seeds, whose
@@ -22,6 +23,7 @@ spread is larger (BUILD_NOTES.md, session 26).
 
 import json
 import os
+import zlib
 
 from absl import app
 from absl import flags
@@ -45,8 +47,8 @@ _EPISODE_STEPS = flags.DEFINE_integer('episode_steps', None,
                                       "Steps per episode; default: the run's eval.episode_steps.")
 _BACKEND = flags.DEFINE_string('backend', None, "Env backend; default: the run's.")
 _RRF_STEP = flags.DEFINE_integer('rrf_step', None, 'The RRF checkpoint step (iterations) to load; default: the last.')
-_OUT = flags.DEFINE_string('out', None, 'Output path without extension; default: <workdir>/evaluation/seed<seed>_'
-                           '<episodes>x<steps>.')
+_OUT = flags.DEFINE_string('out', None, 'Output path without extension; default: <workdir>/evaluation/'
+                           '<backend>_seed<seed>_<episodes>x<steps>_<goals>_<agents>[_rrfstep<step>].')
 
 
 def load_agents(workdir: str, names: list[str], rrf_step: int | None) -> dict[str, phases.Policy]:
@@ -80,6 +82,15 @@ def stacked(name: str, policy: phases.Policy, goals: tuple[str, ...]):
                          'or drop rrf and rrf_last from --agents.')
   rows = jnp.array([policy.goals.index(goal) for goal in goals])
   return jax.tree.map(lambda x: x[rows], policy.params)
+
+
+def output_name(backend: str, seed: int, episodes: int, steps: int, goals: tuple[str, ...], agents: list[str],
+                rrf_step: int | None) -> str:
+  """The default output name: distinct for every request that could give other numbers, so that no
+  evaluation overwrites another's."""
+  goal_tag = f'{len(goals)}goals-{zlib.crc32(",".join(goals).encode()):08x}'
+  step_tag = '' if rrf_step is None else f'_rrfstep{rrf_step}'
+  return f'{backend}_seed{seed}_{episodes}x{steps}_{goal_tag}_{"+".join(agents)}{step_tag}'
 
 
 def successes(summary: dict) -> int:
@@ -116,27 +127,29 @@ def main(argv):
     raise app.UsageError('the agents were trained for different goal states (goal_values); evaluate them apart.')
   config = run_config(workdir)
   rrf_goals = next((p.goals for name, p in policies.items() if AGENTS[name][0] == 'rrf'), None)
+  backend = _BACKEND.value or config['backend']
   try:
     goals = evaluation.check_goals(phases.goal_list(_GOALS.value) if _GOALS.value else rrf_goals or first.goals,
                                    _EPISODES.value)
+    phases.check_backend(backend)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  params = {name: stacked(name, policy, goals) for name, policy in policies.items()}  # fails before any rollout
   seed = config['eval']['seed'] if _SEED.value is None else _SEED.value
   steps = _EPISODE_STEPS.value or config['eval']['episode_steps']
-  backend = _BACKEND.value or config['backend']
-  phases.check_backend(backend)
   env = KitchenEnv(KitchenConfig(backend=backend, horizon=steps))
   evaluate = evaluation.make_evaluator(env, first.agent, steps, per_goal=True, values=first.goal_values)
   results = {}
   for name, policy in policies.items():
-    results[name] = evaluation.summarize(evaluate(stacked(name, policy, goals), policy.normalizers,
-                                                  jax.random.key(seed), goals, _EPISODES.value))
+    results[name] = evaluation.summarize(evaluate(params[name], policy.normalizers, jax.random.key(seed), goals,
+                                                  _EPISODES.value))
     print(f"{name}: success {results[name]['success']:.3f}, step completion {results[name]['step_completion']:.2f}",
           flush=True)
   p_values = {name: evaluation.success_lead_p_value(successes(results[name]), results[name]['episodes'],
                                                     successes(results['ril']), results['ril']['episodes'])
               for name in results if name != 'ril' and 'ril' in results}
-  out = _OUT.value or os.path.join(workdir, 'evaluation', f'seed{seed}_{_EPISODES.value}x{steps}')
+  out = _OUT.value or os.path.join(workdir, 'evaluation', output_name(backend, seed, _EPISODES.value, steps,
+                                                                    goals, list(policies), _RRF_STEP.value))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   record = {'workdir': workdir, 'seed': seed, 'episodes': _EPISODES.value, 'episode_steps': steps,
             'backend': backend, 'rrf_step': _RRF_STEP.value, 'goals': goals, 'results': results,

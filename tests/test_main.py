@@ -330,7 +330,9 @@ def test_evaluate_runs_every_agent_on_the_same_resets(smoke_run, kept_run):
   assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
   config = read_config(str(kept_run / 'rrf' / 'checkpoints'))
   seed, steps = config['eval']['seed'], config['eval']['episode_steps']
-  record = json.loads((kept_run / 'evaluation' / f'seed{seed}_1x{steps}.json').read_text())
+  written = sorted((kept_run / 'evaluation').iterdir())
+  assert [path.suffix for path in written] == ['.json', '.md'] and f'seed{seed}_1x{steps}_2goals' in written[0].name
+  record = json.loads(written[0].read_text())
   results = record['results']
   goals = tuple(main_config.get_config('smoke').rrf.goals.split(','))
   assert tuple(record['goals']) == goals
@@ -348,7 +350,7 @@ def test_evaluate_runs_every_agent_on_the_same_resets(smoke_run, kept_run):
   assert record['success_lead_over_ril_p'] == {
       name: evaluation.success_lead_p_value(count(name), len(goals), count('ril'), len(goals))
       for name in ('rrf', 'rrf_last')}
-  assert '| microwave-kettle-topknob-hinge |' in (kept_run / 'evaluation' / f'seed{seed}_1x{steps}.md').read_text()
+  assert '| microwave-kettle-topknob-hinge |' in written[1].read_text()
   for args, message in ((('--agents=rrf', '--goals=microwave-kettle-switch-slide'), 'the RRF agents cover'),
                         (('--agents=ril,ppo',), '--agents must name some of'),
                         (('--goals=microwave-kettle-oven',), 'oven')):
