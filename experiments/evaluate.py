@@ -93,11 +93,6 @@ def output_name(backend: str, seed: int, episodes: int, steps: int, goals: tuple
   return f'{backend}_seed{seed}_{episodes}x{steps}_{goal_tag}_{"+".join(agents)}{step_tag}'
 
 
-def successes(summary: dict) -> int:
-  """The successful episodes behind a `summarize`d success rate."""
-  return round(summary['success'] * summary['episodes'])
-
-
 def report(workdir: str, seed: int, episodes: int, steps: int, results: dict[str, dict],
            p_values: dict[str, float], goals: tuple[str, ...]) -> str:
   """Markdown: the per-goal table, the per-element completion and the p-values."""
@@ -109,9 +104,9 @@ def report(workdir: str, seed: int, episodes: int, steps: int, results: dict[str
           + ''.join(f'| {e} | ' + ' | '.join(f"{100 * s['per_element'][e]:.0f}" for s in results.values()) + ' |\n'
                     for e in elements))
   if p_values:
+    count = {name: evaluation.success_count(summary) for name, summary in results.items()}
     text += '\n## Success lead over RIL (one-sided Fisher exact test)\n\n' + ''.join(
-        f"- {name}: {successes(results[name])} of {results[name]['episodes']} against {successes(results['ril'])}, "
-        f"p = {p:.2g}\n"
+        f"- {name}: {count[name]} of {results[name]['episodes']} against {count['ril']}, p = {p:.2g}\n"
         for name, p in p_values.items())
   return text
 
@@ -145,8 +140,9 @@ def main(argv):
                                                   _EPISODES.value))
     print(f"{name}: success {results[name]['success']:.3f}, step completion {results[name]['step_completion']:.2f}",
           flush=True)
-  p_values = {name: evaluation.success_lead_p_value(successes(results[name]), results[name]['episodes'],
-                                                    successes(results['ril']), results['ril']['episodes'])
+  count = {name: evaluation.success_count(summary) for name, summary in results.items()}
+  p_values = {name: evaluation.success_lead_p_value(count[name], results[name]['episodes'], count['ril'],
+                                                    results['ril']['episodes'])
               for name in results if name != 'ril' and 'ril' in results}
   out = _OUT.value or os.path.join(workdir, 'evaluation', output_name(backend, seed, _EPISODES.value, steps,
                                                                     goals, list(policies), _RRF_STEP.value))

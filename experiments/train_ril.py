@@ -93,7 +93,7 @@ def _trainer(env, demos, device_demos, config: train.BCConfig, goal_values):
 def _table(results: dict) -> list[dict]:
   """Per method: mean and std over seeds, the successes pooled over seeds' episodes and, beside each
   baseline, the one-sided Fisher p-value that RIL succeeds more often (evaluation.success_lead_p_value)."""
-  counts = {method: (sum(round(r['success'] * r['episodes']) for r in runs), sum(r['episodes'] for r in runs))
+  counts = {method: (sum(evaluation.success_count(r) for r in runs), sum(r['episodes'] for r in runs))
             for method, runs in results.items()}
   rows = []
   for method, runs in results.items():

@@ -135,6 +135,11 @@ def markdown_table(results: Mapping[str, dict], goals: Sequence[str]) -> str:
   return header + ''.join(f'| {name} | ' + ' | '.join(cell(s) for s in summaries) + ' |\n' for name, summaries in rows)
 
 
+def success_count(summary: Mapping) -> int:
+  """The successful episodes behind a `summarize`d success rate."""
+  return round(summary['success'] * summary['episodes'])
+
+
 def success_lead_p_value(successes: int, episodes: int, other_successes: int, other_episodes: int) -> float:
   """One-sided Fisher exact test that the first agent succeeds more often than the other: the
   probability, were their success rates equal, that the first would get at least `successes` of the
