@@ -60,11 +60,14 @@ def identity_normalizer(dim: int) -> Normalizer:
 class PolicyNormalizer:
   """A network's input and output maps. With `relative_goal`, the goal enters as its offset from the
   observation over their shared state prefix (the first min(obs, goal) dims: goal - obs there), and
-  the `goal` normalizer is fitted to those offsets."""
+  the `goal` normalizer is fitted to those offsets. With `relative_output` (an output in state space,
+  the high level's subgoal), the network predicts the output's offset from the observation, and the
+  `output` normalizer is fitted to those offsets: mean = obs + output.denormalize(MLP(inputs))."""
   obs: Normalizer  # the observation input
   goal: Normalizer  # the goal input
-  output: Normalizer  # identity for actions; the state normalizer for subgoals
+  output: Normalizer  # identity for actions; the state normalizer (or the offsets' one) for subgoals
   relative_goal: bool = struct.field(pytree_node=False, default=False)
+  relative_output: bool = struct.field(pytree_node=False, default=False)
 
   def goal_input(self, obs: jax.Array, goal: jax.Array) -> jax.Array:
     """The goal as the network sees it (before normalization)."""
@@ -182,7 +185,8 @@ class PolicyConfig:
 class GaussianPolicy:
   """pi(output | obs, goal): a diagonal Gaussian in the raw output space. The MLP maps the normalized
   inputs to a normalized mean mu; the output normalizer maps mu and the learned std back, so that
-  mean = output.mean + output.std * mu and log_std = max(log_std, min_log_std) + log(output.std)."""
+  mean = output.mean + output.std * mu (plus obs with the normalizer's `relative_output`) and
+  log_std = max(log_std, min_log_std) + log(output.std)."""
   obs_dim: int
   goal_dim: int
   output_dim: int
@@ -208,10 +212,14 @@ class GaussianPolicy:
             goal: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(mean, log_std), both [..., output_dim], for obs [..., obs_dim] and goal [..., goal_dim]."""
     _check_normalizer('output', normalizer.output, self.output_dim)
+    if normalizer.relative_output and self.output_dim != self.obs_dim:
+      raise ValueError(f'a relative output is an offset from the observation: output_dim {self.output_dim} '
+                       f'must equal obs_dim {self.obs_dim}.')
     mu = self._mlp.apply({'params': params['mlp']}, self.inputs(normalizer, obs, goal))
     out = normalizer.output
+    mean = out.denormalize(mu) + obs if normalizer.relative_output else out.denormalize(mu)
     log_std = jnp.maximum(params['log_std'], self.config.min_log_std) + jnp.log(out.std)
-    return out.denormalize(mu), jnp.broadcast_to(log_std, mu.shape)
+    return mean, jnp.broadcast_to(log_std, mu.shape)
 
   def log_prob(self, params: Params, normalizer: PolicyNormalizer, obs: jax.Array, goal: jax.Array,
                output: jax.Array) -> jax.Array:

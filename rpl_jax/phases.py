@@ -56,8 +56,9 @@ def goal_list(goals: str) -> tuple[str, ...]:
   return tuple(names)
 
 
-def _relative_goals(config: config_dict.ConfigDict) -> bool:
-  return config.ril.get('relative_goals', False)  # runs saved before the key existed used absolute goals
+def _relative_inputs(config: config_dict.ConfigDict) -> dict[str, bool]:
+  """The imitation's goal and subgoal forms; runs saved before the keys existed used absolute ones."""
+  return {key: config.ril.get(key, False) for key in ('relative_goals', 'relative_subgoals')}
 
 
 def build(config: config_dict.ConfigDict) -> RunConfigs:
@@ -65,7 +66,7 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
   windows = RelabelConfig(config.ril.window_low, config.ril.window_high, config.ril.horizon)
   bc = train.BCConfig(method=config.ril.method, relabel=windows, policy=networks.PolicyConfig(hidden=tuple(config.ril.hidden)),
                       batch_size=config.ril.batch_size, updates_per_step=config.ril.updates_per_step,
-                      learning_rate=config.ril.learning_rate, relative_goals=_relative_goals(config),
+                      learning_rate=config.ril.learning_rate, **_relative_inputs(config),
                       # 0 in runs saved before the keys existed
                       corrective_noise=config.ril.get('corrective_noise', 0.0),
                       subgoal_noise=config.ril.get('subgoal_noise', 0.0),
@@ -187,10 +188,11 @@ def ril(workdir: str, run_config: dict, configs: RunConfigs, demos, seed: int, t
   state = train.init_state(agent, configs.bc, data, jax.random.key(seed))
   if from_workdir:
     source = os.path.join(from_workdir, 'ril', 'checkpoints')
-    trained = _relative_goals(config_dict.ConfigDict(read_config(source)))
-    if trained != configs.bc.relative_goals:  # the same shapes, so only the configs can tell
-      raise ValueError(f'{from_workdir} trained with ril.relative_goals={trained}, this run has '
-                       f'{configs.bc.relative_goals}: set it to match.')
+    trained = _relative_inputs(config_dict.ConfigDict(read_config(source)))
+    for key, value in trained.items():  # the same shapes, so only the configs can tell
+      if value != getattr(configs.bc, key):
+        raise ValueError(f'{from_workdir} trained with ril.{key}={value}, this run has '
+                         f'{getattr(configs.bc, key)}: set it to match.')
     print(f'ril: the final checkpoint of {from_workdir}', flush=True)
     return agent, parallel.put(load_state(source, state), configs.mesh)  # where a trained state would be
   mesh = configs.mesh

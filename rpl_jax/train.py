@@ -44,6 +44,10 @@ class BCConfig:
   max_grad_norm: float = 10.0
   # Goals enter every network as their offset from the state (networks.PolicyNormalizer.relative_goal).
   relative_goals: bool = False
+  # The high level predicts its subgoal's offset from the state (networks.PolicyNormalizer.relative_output),
+  # its output normalizer fitted to Algorithm 3's s_{t+min(w, W_l)} - s_t: an element the next W_l steps
+  # leave alone is then predicted as staying where it is, instead of reproduced through the MLP.
+  relative_subgoals: bool = False
   # Std (rad; m for the fingers) of a Gaussian displacement of the robot joints in half the action
   # level's tuples (RIL's low level, the baselines' one policy), with the labels corrected to command
   # the same position targets (`corrected`). 0: off. The RRF phase's DAPG term draws undisplaced tuples.
@@ -68,6 +72,8 @@ class BCConfig:
     for name in ('corrective_noise', 'subgoal_noise', 'subgoal_finger_noise'):
       if not 0 <= getattr(self, name) < float('inf'):
         raise ValueError(f'{name} must be a finite std >= 0, got {getattr(self, name)}.')
+    if self.relative_subgoals and self.method not in HIERARCHICAL:
+      raise ValueError(f'relative_subgoals is for a high level; method {self.method!r} has none.')
     if not 0 <= self.average_decay < 1:
       raise ValueError(f'average_decay must be in [0, 1), got {self.average_decay}.')
     if not (self.learning_rate > 0 and self.max_grad_norm > 0):
@@ -102,28 +108,28 @@ def fit_normalizers(agent: Agent, config: BCConfig, data) -> dict[str, networks.
   """Per level, the normalizers of its inputs and output, fitted to `data` (what the config's
   samplers draw from: training_data). Observations: the demos' valid states (padding excluded). Goals:
   the same states, or with `relative_goals` the offsets goal - state of NORMALIZER_SAMPLES of the
-  level's relabeled tuples. Outputs: none for actions, the state normalizer for the high level's
-  subgoals."""
+  level's relabeled tuples. Outputs: none for actions; for the high level's subgoals the state
+  normalizer, or with `relative_subgoals` the offsets subgoal - state of those tuples."""
   demos = data.demos if isinstance(data, relabel.SegmentedDemos) else data
   observations, lengths = np.asarray(demos.observations), np.asarray(demos.lengths)
   valid = np.arange(observations.shape[1])[None, :] <= lengths[:, None]
   states = networks.fit_normalizer(observations[valid])
   draws = samplers(config.method, config.relabel, NORMALIZER_SAMPLES)
 
-  def goals(level):
-    if not config.relative_goals:
-      return states
-    inputs, conditioning, _ = draws[level].draw(jax.random.key(0), data)
-    return networks.fit_normalizer(np.asarray(conditioning) - np.asarray(inputs))
+  def offsets(level, index):  # of the level's goals (index 1) or targets (2) from its states
+    tuples = draws[level].draw(jax.random.key(0), data)
+    return networks.fit_normalizer(np.asarray(tuples[index]) - np.asarray(tuples[0]))
 
-  def normalizer(level, output):
+  def normalizer(level, output, relative_output=False):
+    goals = offsets(level, 1) if config.relative_goals else states
     # Copies: the compiled step donates the state, and a buffer can be donated only once.
-    return networks.PolicyNormalizer(*jax.tree.map(jnp.copy, (states, goals(level), output)),
-                                     relative_goal=config.relative_goals)
+    return networks.PolicyNormalizer(*jax.tree.map(jnp.copy, (states, goals, output)),
+                                     relative_goal=config.relative_goals, relative_output=relative_output)
 
   normalizers = {'low': normalizer('low', networks.identity_normalizer(ACTION_DIM))}
   if agent.high is not None:
-    normalizers['high'] = normalizer('high', states)
+    subgoals = offsets('high', 2) if config.relative_subgoals else states
+    normalizers['high'] = normalizer('high', subgoals, config.relative_subgoals)
   return normalizers
 
 

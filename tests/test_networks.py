@@ -139,6 +139,27 @@ def test_log_std_is_floored():
   assert want[0] == pytest.approx(-3.0 + np.log(normalizer.output.std[0]))
 
 
+def test_relative_output_is_the_observation_plus_the_offset():
+  """With `relative_output` (the high level's subgoal) the mean is obs + the float64 reference's mean,
+  with the same std, and the density is the Gaussian's about that mean; an output that is not a state
+  is refused."""
+  rng = np.random.default_rng(8)
+  policy = networks.make_policy(OBS, GOAL, OBS, CONFIG)
+  params = jax.tree.map(lambda p: p + jnp.asarray(0.3 * rng.normal(size=p.shape), p.dtype), policy.init(jax.random.key(8)))
+  normalizer = networks.PolicyNormalizer(*(random_normalizer(rng, d) for d in (OBS, GOAL, OBS)), relative_output=True)
+  obs, goal = (np.asarray(rng.normal(size=(6, d)), np.float32) for d in (OBS, GOAL))
+  mean, log_std = policy.apply(params, normalizer, obs, goal)
+  offset, std = numpy_gaussian(params, normalizer, obs, goal)
+  np.testing.assert_allclose(mean, obs + offset, rtol=2e-4, atol=2e-5)
+  np.testing.assert_allclose(np.exp(np.float64(log_std)), std, rtol=1e-5)
+  y = np.asarray(obs + offset + std * rng.normal(size=offset.shape), np.float32)
+  np.testing.assert_allclose(policy.log_prob(params, normalizer, obs, goal, y),
+                             numpy_log_density(np.float64(y), obs + offset, std), rtol=1e-4, atol=1e-4)
+  actions = networks.make_policy(OBS, GOAL, OUT, CONFIG)
+  with pytest.raises(ValueError, match='relative output'):
+    actions.apply(actions.init(jax.random.key(0)), normalizer.replace(output=networks.identity_normalizer(OUT)), obs, goal)
+
+
 def test_init_starts_near_the_output_mean_with_init_log_std():
   rng = np.random.default_rng(4)
   obs, goal = rng.normal(size=(64, OBS)), rng.normal(size=(64, GOAL))

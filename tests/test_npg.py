@@ -174,18 +174,19 @@ def generic_fvp(policy, params, normalizer, obs, goal, damping):
 
 @pytest.mark.parametrize('hidden, block_size', [((8,), 3), ((8, 5), 3), ((8, 5), 7), ((8, 5), 64), ((6, 5, 4), 2)])
 def test_fvp_equals_the_generic_linearisation(hidden, block_size):
-  """Any depth, blocks with and without a remainder (7 samples), a relative goal, one log_std on its
-  floor (where jnp.maximum splits the derivative) and one below it."""
+  """Any depth, blocks with and without a remainder (7 samples), a relative goal and a relative output
+  (a subgoal: the observation plus the MLP's offset), one log_std on its floor (where jnp.maximum
+  splits the derivative) and one below it."""
   rng = np.random.default_rng(18)
-  obs_dim, goal_dim, out = 4, 3, 2
-  policy = networks.make_policy(obs_dim, goal_dim, out, networks.PolicyConfig(hidden=hidden))
+  obs_dim, goal_dim = 4, 3
+  policy = networks.make_policy(obs_dim, goal_dim, obs_dim, networks.PolicyConfig(hidden=hidden))
   params = jax.tree.map(lambda p: p + jnp.asarray(0.5 * rng.normal(size=p.shape), jnp.float32),
                         policy.init(jax.random.key(18)))
-  params['log_std'] = jnp.asarray([policy.config.min_log_std, -3.5], jnp.float32)
+  params['log_std'] = jnp.asarray([policy.config.min_log_std, -3.5, -1.0, 0.2], jnp.float32)
   normalizer = networks.PolicyNormalizer(*(
       networks.Normalizer(jnp.asarray(rng.normal(size=d), jnp.float32),
-                          jnp.asarray(rng.uniform(0.5, 2.0, size=d), jnp.float32)) for d in (obs_dim, goal_dim, out)),
-                                         relative_goal=True)
+                          jnp.asarray(rng.uniform(0.5, 2.0, size=d), jnp.float32)) for d in (obs_dim, goal_dim, obs_dim)),
+                                         relative_goal=True, relative_output=True)
   obs = jnp.asarray(rng.normal(size=(7, obs_dim)), jnp.float32)
   for goal in (jnp.asarray(rng.normal(size=(7, goal_dim)), jnp.float32), jnp.ones(goal_dim)):
     size = ravel_pytree(params)[0].size

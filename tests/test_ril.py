@@ -138,31 +138,41 @@ def test_normalizers_ignore_padding():
   np.testing.assert_array_equal(normalizers['low'].output.std, np.ones(ACTION_DIM))
 
 
-def test_relative_goal_normalizers_fit_the_relabeled_offsets():
+@pytest.mark.parametrize('form', ['relative_goals', 'relative_subgoals'])
+def test_relative_normalizers_fit_the_relabeled_offsets(form):
   """With relative goals, each level's goal normalizer is fitted to goal - state over its relabeled
-  tuples: against the exact enumeration, within the sampling error of NORMALIZER_SAMPLES draws."""
+  tuples; with relative subgoals, the high level's output normalizer to subgoal - state (Algorithm 3's
+  s_{t+min(w, W_l)} - s_t). Against the exact enumeration, within the sampling error of
+  NORMALIZER_SAMPLES draws; everything else stays the absolute form's."""
   demos = _demos()
-  config = _config(relative_goals=True)
+  config = _config(**{form: True})
   normalizers = train.fit_normalizers(train.make_agent(config), config, demos)
+  absolute = train.fit_normalizers(train.make_agent(config), _config(), demos)
   windows = config.relabel
   exact = {'low': relabel.enumerate_low(demos, windows.window_low),
            'high': relabel.enumerate_high(demos, windows.window_low, windows.window_high)}
-  for level, batch in exact.items():
-    offsets = np.asarray(batch.goals) - np.asarray(batch.observations)
+  if form == 'relative_goals':
+    fitted = {level: (normalizers[level].goal, batch.observations, batch.goals) for level, batch in exact.items()}
+  else:
+    fitted = {'high': (normalizers['high'].output, exact['high'].observations, exact['high'].subgoals)}
+    np.testing.assert_array_equal(normalizers['high'].goal.mean, absolute['high'].goal.mean)
+  for normalizer, states, targets in fitted.values():
+    offsets = np.asarray(targets) - np.asarray(states)
     tolerance = 5 * offsets.std(0) / np.sqrt(train.NORMALIZER_SAMPLES)
-    normalizer = normalizers[level]
-    assert normalizer.relative_goal
-    np.testing.assert_array_less(np.abs(normalizer.goal.mean - offsets.mean(0)), tolerance + 1e-6)
-    np.testing.assert_allclose(normalizer.goal.std, np.maximum(offsets.std(0), 1e-2), rtol=0.05)
+    np.testing.assert_array_less(np.abs(normalizer.mean - offsets.mean(0)), tolerance + 1e-6)
+    np.testing.assert_allclose(normalizer.std, np.maximum(offsets.std(0), 1e-2), rtol=0.05)
+  assert [normalizers[level].relative_goal for level in exact] == [form == 'relative_goals'] * 2
+  assert [normalizers[level].relative_output for level in exact] == [False, form == 'relative_subgoals']
   # The observation normalizer is still the states' (unchanged by the goal representation).
-  absolute = train.fit_normalizers(train.make_agent(config), _config(), demos)
   np.testing.assert_array_equal(normalizers['low'].obs.mean, absolute['low'].obs.mean)
-  assert not absolute['low'].relative_goal
+  assert not absolute['low'].relative_goal and not absolute['high'].relative_output
 
 
 def test_bad_configs_fail_before_compiling():
   with pytest.raises(ValueError, match='unknown method'):
     train.BCConfig(method='bc')
+  with pytest.raises(ValueError, match="relative_subgoals is for a high level; method 'gcbc'"):
+    train.BCConfig(method='gcbc', relative_subgoals=True)
   with pytest.raises(ValueError, match='batch_size'):
     train.BCConfig(batch_size=0)
   for decay in (-0.1, 1.0, float('nan')):

@@ -94,6 +94,7 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   config.ril.train_steps = 100
   config.ril.learning_rate = 1e-3
   config.ril.relative_goals = False  # goals enter the networks as offsets from the state
+  config.ril.relative_subgoals = False  # the high level predicts its subgoal's offset from the state
   # rad: robot joints of half the low level's tuples displaced, labels corrected (train.BCConfig)
   config.ril.corrective_noise = 0.0
   # noise on the low level's goals: rad on the arm joints, m on the fingers (train.BCConfig)
