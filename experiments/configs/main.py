@@ -25,15 +25,17 @@ PRESETS = {
         'distill.episodes_per_goal': 64, 'distill.updates': 20000,
         'eval.episodes': 50, 'eval.episode_steps': 800,
     },
-    # Our best measured recipe (BUILD_NOTES.md, sessions 17-27), at CPU-feasible sizes (about 2 h on
+    # Our best measured recipe (BUILD_NOTES.md, sessions 17-28), at CPU-feasible sizes (about 2 h on
     # 2 cores, summing its phases' measured times): RIL with corrective labels, a high-level window
-    # spanning our demos, noise on the low level's goals and averaged weights; IRIL-RPL (ahead of DAPG
-    # and NPG on every RRF seed measured, session 27) on every goal with the euclidean low reward, a
-    # strong BC term, exploration noise at the log-std floor, and each goal's best monitored agent kept.
+    # spanning our demos, noise on the low level's goals, averaged weights and subgoals predicted as
+    # offsets from the state; IRIL-RPL (ahead of DAPG and NPG on every RRF seed measured, session 27)
+    # on every goal with the euclidean low reward, a strong BC term, exploration noise at the log-std
+    # floor, and each goal's best monitored agent kept.
     'tuned': {
         'demos.num_demos': 400,
         'ril.train_steps': 200, 'ril.updates_per_step': 100, 'ril.window_high': 700, 'ril.corrective_noise': 0.05,
         'ril.subgoal_noise': 0.3, 'ril.subgoal_finger_noise': 0.02, 'ril.average_decay': 0.999,
+        'ril.relative_subgoals': True,
         'rrf.goals': 'all', 'rrf.variant': 'iril', 'rrf.episode_steps': 800, 'rrf.iterations': 20,
         'rrf.low_reward': 'euclidean', 'rrf.dapg_lambda0': 1.0, 'rrf.exploration_log_std': -3.0,
         'rrf.monitor_episodes': 16, 'rrf.keep_best': True,
