@@ -101,18 +101,18 @@ def fisher_vector_product(policy: networks.GaussianPolicy, params: Params,
 
   F is computed in its Gauss-Newton form F = mean_n J_n^T M_n J_n, J_n the Jacobian of sample n's
   outputs (mean, log_std) in the params and M_n the Gaussian's Fisher in those outputs:
-  diag(exp(-2 log_std)) on the mean, 2 on the log_std, no cross terms. This is exact, not an approximation: the
-  KL's gradient in the outputs is zero at new = old, so the chain rule adds no term with the
-  network's second derivatives. The policy's mean, output.denormalize(MLP(inputs)) (plus the
-  observation with a relative output), depends on params['mlp'] alone and its state-independent
-  log_std on params['log_std'] alone, so F is block diagonal: the log_std block, one sample's, from
-  jax.linearize; the MLP block from networks.mlp_gauss_newton, the MLP's Jacobian written out, on
-  its activations computed once here (by the same operations as the policy's forward pass, which XLA
-  then shares) and laid out feature-major in blocks of `block_size` samples. A product (one per CG
-  iteration) evaluates no nonlinearity and keeps a block's intermediates in cache: about 3 forward
-  passes' worth of matmuls, against 4.3 for forward-over-reverse of the KL's gradient, about 1.6x as
-  fast as jax.linearize's transpose over the whole batch (BUILD_NOTES.md, "NPG update speed"). The
-  product is a jax.tree_util.Partial, so it passes in and out of jit."""
+  diag(exp(-2 log_std)) on the mean, 2 on the log_std, no cross terms. This is exact, not an
+  approximation: the KL's gradient in the outputs is zero at new = old, so the chain rule adds no
+  term with the network's second derivatives. The policy's mean, output.denormalize(MLP(inputs))
+  (plus the observation with a relative output), depends on params['mlp'] alone and its
+  state-independent log_std on params['log_std'] alone, so F is block diagonal: the log_std block,
+  one sample's, from jax.linearize; the MLP block from networks.mlp_gauss_newton, the MLP's Jacobian
+  written out, on its activations computed once here (by the same operations as the policy's forward
+  pass, which XLA then shares) and laid out feature-major in blocks of `block_size` samples. A
+  product (one per CG iteration) evaluates no nonlinearity and keeps a block's intermediates in
+  cache: about 3 forward passes' worth of matmuls, against 4.3 for forward-over-reverse of the KL's
+  gradient, about 1.6x as fast as jax.linearize's transpose over the whole batch (BUILD_NOTES.md,
+  "NPG update speed"). The product is a jax.tree_util.Partial, so it passes in and out of jit."""
   x = policy.inputs(normalizer, obs, goal)
   activations = [a.reshape(-1, a.shape[-1]) for a in networks.mlp_activations(params['mlp'], x)]
   num = activations[0].shape[0]
