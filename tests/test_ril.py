@@ -49,9 +49,10 @@ def _dataset_log_likelihood(agent, state, demos, config):
                                                  high.observations, high.goals, high.subgoals)))}
 
 
-def test_ril_step_raises_both_terms_of_eq1_on_the_exact_relabeled_data():
+@pytest.mark.parametrize('relative_subgoals', [False, True])
+def test_ril_step_raises_both_terms_of_eq1_on_the_exact_relabeled_data(relative_subgoals):
   demos = _demos()
-  config = _config(updates_per_step=25, learning_rate=3e-3)
+  config = _config(updates_per_step=25, learning_rate=3e-3, relative_subgoals=relative_subgoals)
   agent = train.make_agent(config)
   state = train.init_state(agent, config, demos, jax.random.key(0))
   before = _dataset_log_likelihood(agent, state, demos, config)
