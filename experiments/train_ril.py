@@ -60,7 +60,7 @@ def _config(method: str) -> train.BCConfig:
       policy=networks.PolicyConfig(hidden=tuple(_CONFIG.value.hidden)),
       batch_size=_CONFIG.value.batch_size, updates_per_step=_CONFIG.value.updates_per_step,
       learning_rate=_CONFIG.value.learning_rate, relative_goals=_CONFIG.value.relative_goals,
-      relative_subgoals=_CONFIG.value.relative_subgoals and method == 'ril',  # the baselines have no high level
+      relative_subgoals=_CONFIG.value.relative_subgoals and method in train.HIERARCHICAL,  # baselines: no high level
       corrective_noise=_CONFIG.value.corrective_noise, subgoal_noise=_CONFIG.value.subgoal_noise,
       subgoal_finger_noise=_CONFIG.value.subgoal_finger_noise, average_decay=_CONFIG.value.average_decay)
 
