@@ -52,15 +52,19 @@ IMITATION = {'ril': 'RIL', 'gcbc': 'GCBC', 'gcbc_final': 'BC', 'oracle': 'oracle
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def command_line_overrides() -> dict:
+  """The --config.* values given on the command line, by dotted path."""
+  return config_flags.get_override_values(flags.FLAGS['config'])
+
+
 def resolve_config():
-  """The config with its preset applied, then the command line's --config.* overrides on top."""
-  config = _CONFIG.value
-  overrides = config_flags.get_override_values(flags.FLAGS['config'])
+  """The chosen preset (--config.preset, or the config file's argument) applied to the config file's
+  defaults, then the command line's other --config.* overrides on top."""
   spec = importlib.util.spec_from_file_location('run_config', config_flags.get_config_filename(flags.FLAGS['config']))
   config_module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(config_module)
-  config_module.apply_preset(config, config.preset)
-  for path, value in overrides.items():
+  config = config_module.get_config(_CONFIG.value.preset)  # not on top of the file's default preset
+  for path, value in command_line_overrides().items():
     if path != 'preset':
       node = config
       *parents, leaf = path.split('.')

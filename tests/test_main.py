@@ -149,11 +149,26 @@ def test_every_preset_passes_validation():
   assert (tuned.exploration_log_std, tuned.keep_best, tuned.monitor_episodes) == (-3.0, True, 16)
 
 
-def test_overrides_win_over_the_preset():
-  config = main_config.get_config('quick')
-  config.rrf.num_envs = 3
-  main_config.apply_preset(config, 'paper')
-  assert config.rrf.num_envs == 256  # a preset rewrites its keys; main.py re-applies command-line overrides after
+def resolved_config(*args: str) -> dict:
+  """main.resolve_config() under the command line `main.py *args`, as JSON. In a fresh process: config_flags
+  reads sys.argv when the flags are defined, on importing main.py."""
+  code = ('import json, sys; sys.argv[0] = "main.py"; sys.path.insert(0, "experiments"); import main; '
+          'main.flags.FLAGS(sys.argv); print(json.dumps(main.resolve_config().to_dict()))')
+  process = subprocess.run([sys.executable, '-c', code, *args], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                           capture_output=True, text=True, timeout=300)
+  assert process.returncode == 0, process.stderr[-2000:]
+  return json.loads(process.stdout.splitlines()[-1])
+
+
+def test_a_preset_starts_from_the_defaults_and_overrides_win():
+  """--config.preset=paper on main.py's command line gives get_config('paper'): nothing is left over
+  from the config file's default preset (quick's euclidean low reward; the paper's is sparse), and the
+  other --config.* overrides win over the preset."""
+  expected = main_config.get_config('paper')
+  expected.rrf.num_envs = 3
+  config = resolved_config('--config.preset=paper', '--config.rrf.num_envs=3')
+  assert config == json.loads(json.dumps(expected.to_dict()))
+  assert config['rrf']['low_reward'] == 'sparse' != main_config.get_config('quick').rrf.low_reward
 
 
 # --- end to end -----------------------------------------------------------------------------------
