@@ -36,6 +36,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 
 from envs.kitchen import KitchenConfig, KitchenEnv, render, tasks  # noqa: E402
 from rpl_jax import evaluation, nearest_neighbour, parallel, phases, rrf  # noqa: E402
+from rpl_jax.checkpoint import CheckpointError  # noqa: E402
 from rpl_jax.data import load_padded, read_element_steps  # noqa: E402
 from rpl_jax.files import write_atomic  # noqa: E402
 from rpl_jax.logs import write_run_info  # noqa: E402
@@ -140,7 +141,9 @@ def main(argv, config=None, workdir: str | None = None):
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = config or resolve_config()
     configs = phases.build(config)
-  except (ValueError, KeyError, AttributeError) as e:
+    if config.ril.from_workdir:  # before the demos, which may have to be generated
+      phases.check_source_ril(config.ril.from_workdir, phases.to_json(config))
+  except (ValueError, KeyError, AttributeError, CheckpointError) as e:
     raise app.UsageError(f'invalid config: {e}') from e
   workdir = workdir or _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)

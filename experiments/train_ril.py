@@ -31,7 +31,7 @@ import numpy as np
 matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # noqa: E402
 
-from envs.kitchen import KitchenConfig, KitchenEnv, render, tasks  # noqa: E402
+from envs.kitchen import KitchenConfig, KitchenEnv, render  # noqa: E402
 from rpl_jax import evaluation, networks, relabel, train  # noqa: E402
 from rpl_jax.data import load_padded  # noqa: E402
 from rpl_jax.logs import Progress  # noqa: E402
@@ -156,14 +156,14 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'methods {sorted(unknown)} are not in Table 1; choose from {tuple(PAPER)} '
                          '(experiments/compare.py runs the other baselines, e.g. oracle segmentation).')
-  if _CONFIG.value.seeds < 1 or _CONFIG.value.train_steps < 1:
-    raise app.UsageError('--config.seeds and --config.train_steps must be >= 1.')
+  if not _methods() or _CONFIG.value.seeds < 1 or _CONFIG.value.train_steps < 1 or _CONFIG.value.videos < 0:
+    raise app.UsageError('--config.methods must name a method, --config.seeds and --config.train_steps must be >= 1, '
+                         'and --config.videos >= 0.')
   if _CONFIG.value.goal_values not in evaluation.GOAL_SOURCES:
     raise app.UsageError(f'--config.goal_values must be one of {evaluation.GOAL_SOURCES}, '
                          f'got {_CONFIG.value.goal_values!r}.')
   configs = {method: _config(method) for method in _methods()}  # bad windows or sizes fail here
-  for goal in _goals():
-    tasks.parse_elements(goal)
+  evaluation.check_goals(_goals(), _CONFIG.value.eval_episodes)
   demos = load_padded(_CONFIG.value.demos)
   relabel.check_windows(configs[_methods()[0]].relabel, demos.lengths)
   os.makedirs(_WORKDIR.value, exist_ok=True)

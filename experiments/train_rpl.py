@@ -5,7 +5,9 @@ loaded from --ril_workdir (a run directory with ril/checkpoints) instead of trai
   python experiments/train_rpl.py --ril_workdir=runs/quick --workdir=runs/npg --config.rrf.variant=npg \
       --config.rrf.goals=all --config.rrf.iterations=50
 
-Writes the same run directory as the main job: learning curves (rrf_curve.png, TensorBoard), the
+The run's ril.* settings are the RIL run's (its agent's window, horizon, goal forms and sizes, and the
+BC term's windows); a --config.ril.* given here must agree with them where they decide what the agent
+does. Writes the same run directory as the main job: learning curves (rrf_curve.png, TensorBoard), the
 per-goal and distilled evaluations, report.md. The demos default to the RIL run's (<ril_workdir>/demos).
 """
 
@@ -15,12 +17,21 @@ from absl import app
 from absl import flags
 
 import main  # experiments/main.py, beside this file
+from rpl_jax.checkpoint import CheckpointError, read_config
 
 _RIL_WORKDIR = flags.DEFINE_string('ril_workdir', None, 'Run directory holding the RIL checkpoints.', required=True)
 
 
 def run(argv):
   config = main.resolve_config()
+  try:
+    trained = read_config(os.path.join(_RIL_WORKDIR.value, 'ril', 'checkpoints'))['ril']
+  except CheckpointError as e:
+    raise app.UsageError(f'--ril_workdir: {e}') from e
+  given = {path.split('.', 1)[1] for path in main.command_line_overrides() if path.startswith('ril.')}
+  for key, value in trained.items():
+    if key in config.ril and key not in given | {'from_workdir'}:
+      config.ril[key] = tuple(value) if isinstance(value, list) else value
   config.ril.from_workdir = _RIL_WORKDIR.value
   if not config.demos.path:
     config.demos.path = os.path.join(_RIL_WORKDIR.value, 'demos')

@@ -340,6 +340,12 @@ def read_config(directory: str, step: int | None = None) -> dict[str, Any]:
     return _read_meta(manager, directory, _resolve_step(manager, directory, step))['config']
 
 
+def latest_step(directory: str) -> int | None:
+  """The newest checkpointed step of a run directory (None if it has none), read without writing to it."""
+  with _reading(os.path.abspath(directory)) as manager:
+    return manager.latest_step()
+
+
 def load_state(directory: str, target_state, step: int | None = None):
   """Restore from a run directory alone, without writing to it (e.g. for evaluation or videos): build
   `target_state` from `read_config(directory)`, then load the checkpoint at `step` (default: the latest)."""

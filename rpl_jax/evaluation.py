@@ -84,10 +84,13 @@ def make_evaluator(env, agent: Agent, num_steps: int, deterministic: bool = True
   return evaluate
 
 
-def check_goals(goals: Sequence[str], episodes: int) -> tuple[str, ...]:
-  """The goals as a tuple; unknown element names or episodes < 1 fail here, before compiling."""
+def check_goals(goals: Sequence[str], episodes: int = 1) -> tuple[str, ...]:
+  """The goals as a tuple; no goals, a repeated goal (results are kept per goal), unknown element
+  names or episodes < 1 fail here, before compiling."""
   if episodes < 1:
     raise ValueError(f'episodes must be >= 1, got {episodes}.')
+  if not goals or len(set(goals)) != len(goals):
+    raise ValueError(f'need one or more distinct goals, got {list(goals)}.')
   for goal in goals:
     tasks.parse_elements(goal)
   return tuple(goals)
@@ -156,8 +159,9 @@ def success_lead_p_value(successes: int, episodes: int, other_successes: int, ot
 
 def write_videos(env, agent: Agent, params, normalizers, goals: Sequence[str], num_steps: int, deterministic: bool,
                  directory: str, prefix: str, values: GoalValues | None = None) -> list[str]:
-  """One episode per goal rendered as `<directory>/<prefix>_<goal>.gif` (every 2nd state, from reset
-  key 0); returns the paths. Needs an offscreen OpenGL platform (envs.kitchen.render)."""
+  """One episode per goal rendered as `<directory>/<prefix>_<goal>.gif` (every 2nd state; goal i's
+  episode runs from the i-th key split from key 0, the same for every agent but not one of the
+  evaluator's episodes); returns the paths. Needs an offscreen OpenGL platform (envs.kitchen.render)."""
   goals = tuple(goals)
   trajectory = agent_rollout(env, agent, params, normalizers, jax.random.split(jax.random.key(0), len(goals)),
                              jnp.asarray(goal_states(goals, values)), num_steps, deterministic=deterministic)

@@ -28,7 +28,7 @@ from ml_collections import config_dict
 from envs.kitchen import ACTION_DIM, tasks
 from envs.kitchen import physics as kitchen_physics
 from rpl_jax import awopt, distill, evaluation, networks, npg, parallel, relabel, rrf, train
-from rpl_jax.checkpoint import Checkpointer, load_state, read_config
+from rpl_jax.checkpoint import Checkpointer, latest_step, load_state, read_config
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.files import write_atomic
 from rpl_jax.logs import MetricsLogger, Progress
@@ -49,11 +49,7 @@ class RunConfigs:
 def goal_list(goals: str) -> tuple[str, ...]:
   """'all' (the 17 compound goals) or comma-separated goal names, each validated."""
   names = tasks.COMPOUND_GOALS if goals == 'all' else tuple(g.strip() for g in goals.split(',') if g.strip())
-  if not names:
-    raise ValueError('no goals given.')
-  for goal in names:
-    tasks.parse_elements(goal)
-  return tuple(names)
+  return evaluation.check_goals(names)
 
 
 def _relative_inputs(config: config_dict.ConfigDict) -> dict[str, bool]:
@@ -61,8 +57,34 @@ def _relative_inputs(config: config_dict.ConfigDict) -> dict[str, bool]:
   return {key: config.ril.get(key, False) for key in ('relative_goals', 'relative_subgoals')}
 
 
-def build(config: config_dict.ConfigDict) -> RunConfigs:
-  """The validated configs of a run; ValueError names what is wrong."""
+def _agent_settings(config: config_dict.ConfigDict) -> dict[str, Any]:
+  """The imitation settings that decide what a trained agent does (its method, windows, horizon and
+  input forms) without changing its parameters' shapes, so that only the configs can tell them apart."""
+  return {**{key: config.ril[key] for key in ('method', 'window_low', 'window_high', 'horizon')},
+          **_relative_inputs(config)}
+
+
+def check_source_ril(from_workdir: str, run_config: dict) -> None:
+  """A run that starts from another run directory's RIL agent (ril.from_workdir) must share its
+  _agent_settings, and that run's RIL phase must have finished; ValueError names what differs."""
+  source = os.path.join(from_workdir, 'ril', 'checkpoints')
+  trained = config_dict.ConfigDict(read_config(source))
+  ours = _agent_settings(config_dict.ConfigDict(run_config))
+  differ = [f'ril.{key}={value} there, {ours[key]} here' for key, value in _agent_settings(trained).items()
+            if value != ours[key]]
+  if differ:
+    raise ValueError(f'{from_workdir} trained its RIL agent with other settings ({"; ".join(differ)}): set them '
+                     'to match.')
+  done, total = latest_step(source) or 0, trained.ril.train_steps
+  if done != total:
+    raise ValueError(f'{from_workdir} stopped its RIL phase at step {done} of {total}: rerun its command to finish '
+                     'it first.')
+
+
+def build(config: config_dict.ConfigDict, loading: bool = False) -> RunConfigs:
+  """The validated configs of a run; ValueError names what is wrong. `loading`: for restoring a saved
+  run's agents (load_policy), which needs neither its env backend nor its device mesh on this host:
+  those are not checked, and the mesh is this host's first device."""
   windows = RelabelConfig(config.ril.window_low, config.ril.window_high, config.ril.horizon)
   bc = train.BCConfig(method=config.ril.method, relabel=windows, policy=networks.PolicyConfig(hidden=tuple(config.ril.hidden)),
                       batch_size=config.ril.batch_size, updates_per_step=config.ril.updates_per_step,
@@ -102,12 +124,14 @@ def build(config: config_dict.ConfigDict) -> RunConfigs:
                       ('eval.episode_steps', config.eval.episode_steps)):
     if value < 1:
       raise ValueError(f'{name} must be >= 1, got {value}.')
-  check_backend(config.backend)
+  if not loading:
+    check_backend(config.backend)
   goal_values = config.get('goal_values', 'task')  # runs saved before the key used the task's values
   if goal_values not in evaluation.GOAL_SOURCES:
     raise ValueError(f'goal_values must be one of {evaluation.GOAL_SOURCES}, got {goal_values!r}.')
   rrf_goals = goal_list(r.goals)
-  mesh = parallel.make_mesh(data=config.mesh.data, goal=config.mesh.goal)
+  mesh = (parallel.make_mesh(devices=jax.devices()[:1]) if loading
+          else parallel.make_mesh(data=config.mesh.data, goal=config.mesh.goal))
   parallel.check_divisible(mesh, parallel.AXES, **{'ril.batch_size': config.ril.batch_size})
   parallel.check_divisible(mesh, (parallel.GOAL,), **{'the number of rrf.goals': len(rrf_goals)})
   parallel.check_divisible(mesh, (parallel.DATA,), **{'rrf.num_envs': r.num_envs, 'rrf.bc_batch_size': r.bc_batch_size,
@@ -187,13 +211,9 @@ def ril(workdir: str, run_config: dict, configs: RunConfigs, demos, seed: int, t
   data = train.training_data(configs.bc.method, demos, boundaries)
   state = train.init_state(agent, configs.bc, data, jax.random.key(seed))
   if from_workdir:
-    source = os.path.join(from_workdir, 'ril', 'checkpoints')
-    trained = _relative_inputs(config_dict.ConfigDict(read_config(source)))
-    for key, value in trained.items():  # the same shapes, so only the configs can tell
-      if value != getattr(configs.bc, key):
-        raise ValueError(f'{from_workdir} trained with ril.{key}={value}, this run has '
-                         f'{getattr(configs.bc, key)}: set it to match.')
+    check_source_ril(from_workdir, run_config)
     print(f'ril: the final checkpoint of {from_workdir}', flush=True)
+    source = os.path.join(from_workdir, 'ril', 'checkpoints')
     return agent, parallel.put(load_state(source, state), configs.mesh)  # where a trained state would be
   mesh = configs.mesh
   state, device_demos = parallel.put((state, data), mesh)
@@ -315,7 +335,7 @@ def load_policy(workdir: str, phase: str = 'distill', step: int | None = None, k
   if phase == 'ril' and not os.path.isdir(os.path.join(workdir, 'ril', 'checkpoints')):
     config_phase = 'rrf'  # train_rpl.py's run: its RIL agent is config.ril.from_workdir's
   config = config_dict.ConfigDict(read_config(os.path.join(workdir, config_phase, 'checkpoints')))
-  configs = build(config)
+  configs = build(config, loading=True)
   if configs.goal_values == 'task':
     goal_values = evaluation.goal_values('task')
   else:

@@ -124,9 +124,12 @@ class RRFConfig:
     if self.variant == 'iril' and self.buffer_episodes < self.num_envs:
       raise ValueError(f'the IRIL buffer must hold one iteration: buffer_episodes={self.buffer_episodes} < '
                        f'num_envs={self.num_envs}.')
-    if self.value_batch_size > self.num_envs * self.episode_steps:
-      raise ValueError(f'value_batch_size={self.value_batch_size} exceeds the {self.num_envs * self.episode_steps} '
-                       'low-level samples of an iteration.')
+    samples = {'low': self.num_envs * self.episode_steps,  # the high level's: one per decision, every H steps
+               'high': self.num_envs * -(-self.episode_steps // self.relabel.horizon)}
+    for level in self.levels:
+      if self.value_batch_size > samples[level]:
+        raise ValueError(f'value_batch_size={self.value_batch_size} exceeds the {samples[level]} {level}-level '
+                         'samples of an iteration.')
 
   @property
   def levels(self) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ import glob
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,6 +61,10 @@ def smoke() -> config_dict.ConfigDict:
     (lambda c: setattr(c.rrf, 'variant', 'ppo'), 'unknown RRF variant'),
     (lambda c: setattr(c.rrf, 'damping', -1.0), 'damping >= 0'),
     (lambda c: setattr(c.rrf, 'goals', 'microwave-toaster'), 'unknown kitchen element'),
+    (lambda c: setattr(c.rrf, 'goals', ' , '), 'need one or more distinct goals'),
+    (lambda c: setattr(c.eval, 'goals', 'kettle-microwave,microwave,kettle-microwave'), 'distinct goals'),
+    (lambda c: (setattr(c.rrf, 'finetune_high', True), setattr(c.rrf, 'value_batch_size', 3)),
+     'exceeds the 2 high-level samples'),
     (lambda c: setattr(c, 'backend', 'warp'), 'unknown backend'),
     (lambda c: setattr(c.rrf, 'iterations', 0), 'rrf.iterations must be >= 1'),
     (lambda c: setattr(c.rrf, 'buffer_episodes', 1), 'must hold one iteration'),
@@ -81,6 +86,22 @@ def test_invalid_configs_fail_with_a_message(change, message):
   change(config)
   with pytest.raises(ValueError, match=message):
     phases.build(config)
+
+
+def test_a_saved_run_builds_for_loading_on_any_host():
+  """load_policy builds a saved run's configs for its agents alone: an env backend and a device mesh
+  this host lacks (an MJX run over 2 devices, evaluated on one CPU) are not checked, as training checks them."""
+  if jax.default_backend() != 'cpu' or jax.device_count() != 1:
+    pytest.skip('needs a host with one CPU device')
+  config = smoke()
+  config.backend, config.mesh.goal = 'mjx', 2
+  with pytest.raises(ValueError, match="'mjx' is unavailable"):
+    phases.build(config)
+  config.backend = 'cpu'
+  with pytest.raises(ValueError, match='goal axis of 2 does not divide the 1 devices'):
+    phases.build(config)
+  config.backend = 'mjx'
+  assert phases.build(config, loading=True).mesh.size == 1
 
 
 def test_mjx_needs_an_accelerator():
@@ -312,8 +333,11 @@ def kept_run(smoke_run, tmp_path_factory):
 def test_train_rpl_starts_from_the_ril_checkpoint_and_keeps_the_best_monitored_agents(smoke_run, kept_run):
   """No RIL training, the RRF phase retraces the smoke run's exactly (adding the best/* metrics), and
   each goal's RRF agent, in the report and from the run directory, is the kept parameters: those of
-  the iteration whose logged monitor scores rank first."""
+  the iteration whose logged monitor scores rank first. The run's ril.* settings are the RIL run's
+  (SMOKE_FLAGS' weight average, not given to train_rpl.py)."""
   assert not os.path.exists(kept_run / 'metrics_ril.jsonl') and (kept_run / 'report.md').exists()
+  assert json.loads((kept_run / 'run_info.json').read_text())['extra']['config']['ril'] == {
+      **json.loads((smoke_run / 'run_info.json').read_text())['extra']['config']['ril'], 'from_workdir': str(smoke_run)}
   strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != 'time' and not k.startswith('perf/')}
                         for line in path.read_text().splitlines()]
   logged, smoke = strip(kept_run / 'metrics_rrf.jsonl'), strip(smoke_run / 'metrics_rrf.jsonl')
@@ -390,14 +414,23 @@ def test_train_rpl_from_a_ril_run_on_a_device_mesh(smoke_run, tmp_path):
   assert results['RIL'] == source['RIL']
 
 
-def test_starting_from_a_ril_run_with_other_goal_inputs_fails(smoke_run, tmp_path):
-  """The normalizers of a RIL run trained on absolute goals have the same shapes as relative ones:
-  only the configs can tell, and a mismatch is refused before anything trains."""
-  process = run_train_rpl(f'--ril_workdir={smoke_run}', f'--workdir={tmp_path}', '--config.preset=smoke',
-                          '--config.ril.relative_goals=True')
+def test_starting_from_a_ril_run_that_differs_or_has_not_finished_fails(smoke_run, tmp_path):
+  """The normalizers of a RIL run trained on absolute goals have the same shapes as relative ones, and
+  the horizon is no parameter at all: only the configs can tell, and a --config.ril.* that contradicts
+  the RIL run is refused before anything trains. So is a RIL run stopped before its last step."""
+  process = run_train_rpl(f'--ril_workdir={smoke_run}', f'--workdir={tmp_path / "run"}', '--config.preset=smoke',
+                          '--config.ril.relative_goals=True', '--config.ril.horizon=10')
   assert process.returncode != 0
-  assert 'trained with ril.relative_goals=False, this run has True' in process.stderr
-  assert not (tmp_path / 'rrf').exists()
+  assert 'ril.horizon=30 there, 10 here; ril.relative_goals=False there, True here' in process.stderr, \
+      process.stderr[-2000:]
+  unfinished = tmp_path / 'unfinished'
+  shutil.copytree(smoke_run / 'ril', unfinished / 'ril')
+  shutil.rmtree(unfinished / 'ril' / 'checkpoints' / '4')  # as if killed before its last step (checkpoint_every=1)
+  process = run_train_rpl(f'--ril_workdir={unfinished}', f'--workdir={tmp_path / "run"}', '--config.preset=smoke',
+                          f'--config.demos.path={smoke_run / "demos"}')
+  assert process.returncode != 0
+  assert f'{unfinished} stopped its RIL phase at step 3 of 4' in process.stderr, process.stderr[-2000:]
+  assert not (tmp_path / 'run' / 'rrf').exists()
 
 
 def test_low_level_probe_replays_held_out_demos_from_their_own_resets(smoke_run, tmp_path):
@@ -422,7 +455,8 @@ def test_low_level_probe_replays_held_out_demos_from_their_own_resets(smoke_run,
 
 def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path):
   """experiments/train_ril.py on the smoke run's demos: every Table 1 method trains and is evaluated,
-  and the tables list them beside the paper's numbers; a method outside Table 1 fails before training."""
+  and the tables list them beside the paper's numbers; a method outside Table 1, or no method, no
+  episodes, a repeated goal or a negative video count fails before training."""
   def train_ril(workdir, *flags):
     return subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'train_ril.py'), f'--workdir={workdir}',
                            f'--config.demos={smoke_run / "demos"}', '--config.seeds=1', '--config.train_steps=2',
@@ -455,6 +489,12 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
   refused = train_ril(tmp_path / 'oracle', '--config.methods=ril,oracle')
   assert refused.returncode != 0 and 'not in Table 1' in refused.stderr and 'compare.py' in refused.stderr
   assert not (tmp_path / 'oracle').exists()
+  twice = 'microwave-kettle-topknob-hinge,' * 2
+  for flag, message in (('--config.methods=,', 'must name a method'), ('--config.videos=-1', 'videos >= 0'),
+                        ('--config.eval_episodes=0', 'episodes must be >= 1'), (f'--config.goals={twice}', 'distinct goals')):
+    refused = train_ril(tmp_path / 'bad', flag)
+    assert refused.returncode != 0 and message in refused.stderr, (flag, refused.stderr[-2000:])
+    assert not (tmp_path / 'bad').exists()
 
 
 def test_policies_load_from_the_run_directory_alone(smoke_run):

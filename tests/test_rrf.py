@@ -167,7 +167,8 @@ def test_flat_agents_take_the_env_reward_over_whole_episodes():
     (dict(variant='ppo'), 'unknown RRF variant'),
     (dict(low_reward='dense'), 'unknown low-level reward'),
     (dict(variant='iril', num_envs=8, buffer_episodes=4), 'must hold one iteration'),
-    (dict(value_batch_size=1000), 'value_batch_size'),
+    (dict(value_batch_size=1000), 'exceeds the 14 low-level samples'),
+    (dict(finetune_high=True, value_batch_size=7), 'exceeds the 6 high-level samples'),  # 2 envs x ceil(7 / 3)
     (dict(exploration_log_std=float('nan')), 'exploration_log_std must be finite'),
     (dict(monitor_episodes=-1), 'monitor_episodes must be >= 0'),
     (dict(keep_best=True), 'keep_best selects parameters by the monitor'),

@@ -47,7 +47,8 @@ PRESETS = {
         'rrf.goals': 'microwave-kettle-topknob-hinge,kettle-bottomknob-switch-slide', 'rrf.variant': 'iril',
         'rrf.low_reward': 'euclidean',  # sparse rewards are all 0 on 30-step episodes: no gradient to test
         'rrf.num_envs': 2, 'rrf.episode_steps': 30, 'rrf.iterations': 3, 'rrf.value_hidden': (16,),
-        'rrf.value_batch_size': 16, 'rrf.bc_batch_size': 32, 'rrf.buffer_episodes': 4, 'rrf.monitor_episodes': 2,
+        # value_batch_size: the high level's value net fits on its 2 decisions per iteration (2 envs x 30 / H)
+        'rrf.value_batch_size': 2, 'rrf.bc_batch_size': 32, 'rrf.buffer_episodes': 4, 'rrf.monitor_episodes': 2,
         # 60 samples per goal leave the Fisher of a 32-32 policy rank-deficient: with mjrl's 1e-4, 10 CG
         # iterations stop at a relative residual of 0.2-0.4 and amplify float summation order (one process
         # against two) into 10 % in the step's KL; at 1.0 CG converges and the runs agree.
