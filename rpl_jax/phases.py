@@ -100,6 +100,9 @@ def build(config: config_dict.ConfigDict, loading: bool = False) -> RunConfigs:
   if r.variant == 'awopt':
     if r.get('exploration_log_std') is not None:
       raise ValueError('rrf.exploration_log_std applies to the NPG variants; awopt keeps the imitation\'s noise.')
+    if r.finetune_high or not r.finetune_low or r.from_scratch.strip():
+      raise ValueError('rrf.finetune_high, finetune_low and from_scratch apply to the NPG variants; awopt fine-tunes '
+                       'its one flat actor from the imitation.')
     a = config.awopt
     fine_tuning = awopt.AWOptConfig(
         pretrain=config.ril.method, num_envs=r.num_envs, episode_steps=r.episode_steps, updates=a.updates,

@@ -76,6 +76,8 @@ def smoke() -> config_dict.ConfigDict:
     (lambda c: setattr(c.rrf, 'exploration_log_std', -4.0), "below the policies' log_std floor"),
     (lambda c: (setattr(c.rrf, 'variant', 'awopt'), setattr(c.ril, 'method', 'gcbc'),
                 setattr(c.rrf, 'exploration_log_std', -2.0)), 'applies to the NPG variants'),
+    (lambda c: (setattr(c.rrf, 'variant', 'awopt'), setattr(c.ril, 'method', 'gcbc'),
+                setattr(c.rrf, 'from_scratch', 'low')), 'from_scratch apply to the NPG variants'),
     (lambda c: setattr(c, 'goal_values', 'human'), 'goal_values must be one of'),
     (lambda c: setattr(c.rrf, 'monitor_episodes', -1), 'monitor_episodes must be >= 0'),
     (lambda c: (setattr(c.rrf, 'monitor_episodes', 0), setattr(c.rrf, 'keep_best', True)),
