@@ -25,8 +25,8 @@ PRESETS = {
         'distill.episodes_per_goal': 64, 'distill.updates': 20000,
         'eval.episodes': 50, 'eval.episode_steps': 800,
     },
-    # Our best measured recipe (BUILD_NOTES.md, sessions 17-28), at CPU-feasible sizes (about 2 h on
-    # 2 cores, summing its phases' measured times): RIL with corrective labels, a high-level window
+    # Our best measured recipe (BUILD_NOTES.md, sessions 17-28), at CPU-feasible sizes (about 3 h on
+    # 2 cores: RIL 3 min, RRF's 20 iterations 6-6.5 min each, measured in session 29): RIL with corrective labels, a high-level window
     # spanning our demos, noise on the low level's goals, averaged weights and subgoals predicted as
     # offsets from the state; IRIL-RPL (ahead of DAPG and NPG on every RRF seed measured, session 27)
     # on every goal with the euclidean low reward, a strong BC term, exploration noise at the log-std
