@@ -169,6 +169,9 @@ def run_phase(workdir: str, phase: str, run_config: dict[str, Any], state, step:
   with Checkpointer(f'{workdir}/{phase}/checkpoints', run_config, max_to_keep) as checkpoints:
     done, restored = checkpoints.restore_latest_usable(state)
     done, state = (0, state) if restored is None else (done, restored)
+    if done > total:
+      raise ValueError(f'{workdir}/{phase} has already run {done} steps, more than the {total} asked: ask for {done} '
+                       'or more, or start a new run directory.')
     if done:
       print(f'{phase}: resuming after step {done} of {total}', flush=True)
     with contextlib.ExitStack() as stack:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from envs.kitchen import ACTION_DIM, tasks
-from rpl_jax import checkpoint, networks, relabel, train
+from rpl_jax import checkpoint, networks, phases, relabel, train
 from rpl_jax.checkpoint import Checkpointer, CheckpointError
 from rpl_jax.data import Demo, pad_demos
 
@@ -336,3 +336,21 @@ def test_a_policy_loads_from_the_run_directory_alone(tmp_path):
   act = jax.jit(lambda s: agent.low.policy(s.params['low'], s.normalizers['low'])(
       obs, goal, jax.random.key(0), deterministic=True))
   np.testing.assert_array_equal(act(loaded), act(state))
+
+
+def test_a_phase_resumes_to_more_steps_and_refuses_fewer(tmp_path):
+  """phases.run_phase continues a finished phase when asked for more steps (logging each step once),
+  and refuses fewer than it has run, rather than returning the longer-trained state as if it were
+  the shorter run's."""
+  def run(total):
+    step = lambda s: ({'n': s['n'] + 1}, {'n': s['n'] + 1})
+    return phases.run_phase(str(tmp_path), 'count', {'total': total}, {'n': jnp.zeros((), jnp.int32)}, step, total,
+                            checkpoint_every=1, max_to_keep=2, scalars=lambda m: {'n': float(m['n'])})
+
+  assert int(run(3)['n']) == 3
+  with pytest.warns(UserWarning, match='resuming with a changed config; differing entries: total'):
+    assert int(run(5)['n']) == 5
+  logged = [json.loads(line)['n'] for line in (tmp_path / 'metrics_count.jsonl').read_text().splitlines()]
+  assert logged == [1, 2, 3, 4, 5]
+  with pytest.raises(ValueError, match='has already run 5 steps, more than the 4 asked'):
+    run(4)
