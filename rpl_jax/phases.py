@@ -211,13 +211,13 @@ def ril(workdir: str, run_config: dict, configs: RunConfigs, demos, seed: int, t
         boundaries: np.ndarray | None = None) -> tuple[Any, train.BCState]:
   """RIL (or the configured imitation baseline) on `demos` (host PaddedDemos; the oracle baseline
   also takes their element `boundaries`), or, with `from_workdir`, the final state of that run
-  directory's phase (its network sizes must match this config's). Returns (agent, BCState)."""
+  directory's phase (its network sizes must match this config's; check_source_ril, which main.py
+  runs before loading the demos, checks the rest). Returns (agent, BCState)."""
   relabel.check_windows(configs.bc.relabel, demos.lengths)
   agent = train.make_agent(configs.bc)
   data = train.training_data(configs.bc.method, demos, boundaries)
   state = train.init_state(agent, configs.bc, data, jax.random.key(seed))
   if from_workdir:
-    check_source_ril(from_workdir, run_config)
     print(f'ril: the final checkpoint of {from_workdir}', flush=True)
     source = os.path.join(from_workdir, 'ril', 'checkpoints')
     return agent, parallel.put(load_state(source, state), configs.mesh)  # where a trained state would be
