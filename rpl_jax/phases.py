@@ -75,10 +75,10 @@ def check_source_ril(from_workdir: str, run_config: dict) -> None:
   if differ:
     raise ValueError(f'{from_workdir} trained its RIL agent with other settings ({"; ".join(differ)}): set them '
                      'to match.')
-  done, total = latest_step(source) or 0, trained.ril.train_steps
+  done, total = latest_step(source), trained.ril.train_steps
   if done != total:
-    raise ValueError(f'{from_workdir} stopped its RIL phase at step {done} of {total}: rerun its command to finish '
-                     'it first.')
+    where = 'before its first RIL checkpoint' if done is None else f'at step {done} of {total}'
+    raise ValueError(f'{from_workdir} stopped its RIL phase {where}: rerun its command to finish it first.')
 
 
 def build(config: config_dict.ConfigDict, loading: bool = False) -> RunConfigs:

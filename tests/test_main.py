@@ -433,6 +433,10 @@ def test_starting_from_a_ril_run_that_differs_or_has_not_finished_fails(smoke_ru
   assert process.returncode != 0
   assert f'{unfinished} stopped its RIL phase at step 3 of 4' in process.stderr, process.stderr[-2000:]
   assert not (tmp_path / 'run' / 'rrf').exists()
+  for step in ('0', '1', '2', '3'):
+    shutil.rmtree(unfinished / 'ril' / 'checkpoints' / step, ignore_errors=True)  # only config.json is left
+  with pytest.raises(ValueError, match='stopped its RIL phase before its first RIL checkpoint'):
+    phases.check_source_ril(str(unfinished), read_config(str(smoke_run / 'ril' / 'checkpoints')))
 
 
 def test_low_level_probe_replays_held_out_demos_from_their_own_resets(smoke_run, tmp_path):
