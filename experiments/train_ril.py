@@ -4,7 +4,9 @@ Trains each method for each seed with the compiled BC step (rpl_jax/train.py), e
 17 compound goals and writes, in --workdir: results.json (every run's summary and training curve),
 table.md and table.csv (mean and spread over seeds, successes pooled over episodes with a Fisher
 test of RIL's lead, beside the paper's numbers), success.png (bar plots of success and step
-completion) and, with --config.videos, GIFs of RIL episodes. The config is
+completion) and, with --config.videos, GIFs of RIL episodes. Each finished run (one method, one seed)
+is also written at once to runs/<method>_seed<k>.json, so rerunning an interrupted command skips the
+runs it finished; a run saved with other settings is refused, never mixed in. The config is
 experiments/configs/train_ril.py; override any key with --config.<key>=...
 
   python experiments/train_ril.py --config.demos=data/play --workdir=/tmp/ril
@@ -34,6 +36,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 from envs.kitchen import KitchenConfig, KitchenEnv, render  # noqa: E402
 from rpl_jax import evaluation, networks, relabel, train  # noqa: E402
 from rpl_jax.data import load_padded  # noqa: E402
+from rpl_jax.files import write_atomic  # noqa: E402
 from rpl_jax.logs import Progress  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', os.path.join(os.path.dirname(__file__), 'configs', 'train_ril.py'),
@@ -89,6 +92,47 @@ def _trainer(env, demos, device_demos, config: train.BCConfig, goal_values):
     return result, agent, state
 
   return run
+
+
+# Config keys that choose which runs to make or what to render, not what a run's numbers are.
+NOT_RUN_SETTINGS = ('methods', 'seeds', 'videos')
+
+
+def _run_settings() -> dict:
+  """The config keys that a finished run's numbers depend on."""
+  settings = json.loads(_CONFIG.value.to_json())
+  return {key: value for key, value in settings.items() if key not in NOT_RUN_SETTINGS}
+
+
+def _run_path(method: str, seed: int) -> str:
+  return os.path.join(_WORKDIR.value, 'runs', f'{method}_seed{seed}.json')
+
+
+def _finished_run(method: str, seed: int) -> dict | None:
+  """The summary of a run an earlier command finished with these settings, or None if there is none;
+  ValueError names the settings that differ."""
+  path = _run_path(method, seed)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    saved['settings'], saved['summary']
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{path} is not a run record of this script ({e!r}): remove it to rerun.') from e
+  ours = _run_settings()
+  differ = [f'{key}={saved["settings"].get(key)!r} there, {value!r} here' for key, value in ours.items()
+            if saved['settings'].get(key) != value]
+  if differ:
+    raise ValueError(f'{path} was run with other settings ({"; ".join(differ)}): use another --workdir, or '
+                     'remove it to rerun.')
+  return saved['summary']
+
+
+def _save_run(method: str, seed: int, summary: dict) -> None:
+  os.makedirs(os.path.dirname(_run_path(method, seed)), exist_ok=True)
+  record = json.dumps({'settings': _run_settings(), 'summary': summary}).encode()
+  write_atomic(_run_path(method, seed), lambda f: f.write(record))
 
 
 def _table(results: dict) -> list[dict]:
@@ -164,6 +208,10 @@ def main(argv):
                          f'got {_CONFIG.value.goal_values!r}.')
   configs = {method: _config(method) for method in _methods()}  # bad windows or sizes fail here
   evaluation.check_goals(_goals(), _CONFIG.value.eval_episodes)
+  try:
+    finished = {(method, seed): _finished_run(method, seed) for method in configs for seed in range(_CONFIG.value.seeds)}
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   demos = load_padded(_CONFIG.value.demos)
   relabel.check_windows(configs[_methods()[0]].relabel, demos.lengths)
   os.makedirs(_WORKDIR.value, exist_ok=True)
@@ -178,13 +226,18 @@ def main(argv):
     results[method] = []
     run = _trainer(env, demos, device_demos, config, goal_values)
     for seed in range(_CONFIG.value.seeds):
-      summary, agent, state = run(seed)
+      summary = finished[method, seed]
+      if summary is not None:
+        print(f'{method} seed {seed}: finished by an earlier run ({_run_path(method, seed)})')
+      else:
+        summary, agent, state = run(seed)
+        _save_run(method, seed, summary)
+        if method == 'ril' and seed == 0 and _CONFIG.value.videos:
+          _videos(env, agent, state, _WORKDIR.value, goal_values)
       print(f'{method} seed {seed}: success {summary["success"]:.1%}, step completion '
             f'{summary["step_completion"]:.2f} (train {summary["train_seconds"]:.0f} s, '
             f'eval {summary["eval_seconds"]:.0f} s)', flush=True)
       results[method].append(summary)
-      if method == 'ril' and seed == 0 and _CONFIG.value.videos:
-        _videos(env, agent, state, _WORKDIR.value, goal_values)
 
   with open(os.path.join(_WORKDIR.value, 'results.json'), 'w') as f:
     json.dump({'config': json.loads(_CONFIG.value.to_json()),

@@ -461,8 +461,9 @@ def test_low_level_probe_replays_held_out_demos_from_their_own_resets(smoke_run,
 
 def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path):
   """experiments/train_ril.py on the smoke run's demos: every Table 1 method trains and is evaluated,
-  and the tables list them beside the paper's numbers; a method outside Table 1, or no method, no
-  episodes, a repeated goal or a negative video count fails before training."""
+  and the tables list them beside the paper's numbers; rerunning skips the finished runs and refuses
+  runs made with other settings; a method outside Table 1, or no method, no episodes, a repeated goal
+  or a negative video count fails before training."""
   def train_ril(workdir, *flags):
     return subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'train_ril.py'), f'--workdir={workdir}',
                            f'--config.demos={smoke_run / "demos"}', '--config.seeds=1', '--config.train_steps=2',
@@ -492,6 +493,19 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
   demo_values = evaluation.goal_values('demos', load_padded(str(smoke_run / 'demos')))
   assert {e: tuple(v) for e, v in results['goal_values'].items()} == demo_values != evaluation.goal_values('task')
   assert (tmp_path / 'table' / 'success.png').stat().st_size > 0
+  # Rerun after a crash that lost the last run: only that run trains again, the others are read back.
+  (tmp_path / 'table' / 'runs' / 'gcbc_final_seed0.json').unlink()
+  process = train_ril(tmp_path / 'table')
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert [m for m in ('ril', 'gcbc', 'gcbc_final') if f'{m} seed 0: finished by an earlier run' in process.stdout] == \
+      ['ril', 'gcbc']
+  again = json.loads((tmp_path / 'table' / 'results.json').read_text())['results']
+  assert again['ril'] == results['results']['ril'] and again['gcbc'] == results['results']['gcbc']
+  timeless = lambda run: {k: v for k, v in run.items() if not k.endswith('_seconds')}
+  assert timeless(again['gcbc_final'][0]) == timeless(results['results']['gcbc_final'][0])  # retrained, same seed
+  # The same workdir with another setting would mix two experiments in one table: refused.
+  refused = train_ril(tmp_path / 'table', '--config.corrective_noise=0.1')
+  assert refused.returncode != 0 and 'corrective_noise=0.05 there, 0.1 here' in refused.stderr, refused.stderr[-2000:]
   refused = train_ril(tmp_path / 'oracle', '--config.methods=ril,oracle')
   assert refused.returncode != 0 and 'not in Table 1' in refused.stderr and 'compare.py' in refused.stderr
   assert not (tmp_path / 'oracle').exists()
