@@ -1,13 +1,18 @@
 """Relay imitation learning (RIL) against the two GCBC baselines on the same demos: the paper's Table 1.
 
 Trains each method for each seed with the compiled BC step (rpl_jax/train.py), evaluates it on the
-17 compound goals and writes, in --workdir: results.json (every run's summary and training curve),
-table.md and table.csv (mean and spread over seeds, successes pooled over episodes with a Fisher
-test of RIL's lead, beside the paper's numbers), success.png (bar plots of success and step
-completion) and, with --config.videos, GIFs of RIL episodes. Each finished run (one method, one seed)
-is also written at once to runs/<method>_seed<k>.json, so rerunning an interrupted command skips the
-runs it finished; a run saved with other settings is refused, never mixed in. The config is
-experiments/configs/train_ril.py; override any key with --config.<key>=...
+17 compound goals and writes, in --workdir: results.json (every run's summary), table.md and
+table.csv (mean and spread over seeds, successes pooled over episodes with a Fisher test of RIL's
+lead, beside the paper's numbers), success.png (bar plots of success and step completion) and, with
+--config.videos, GIFs of RIL episodes.
+
+Each run (one method, one seed) is a resumable phase named <method>_seed<k> (rpl_jax/phases.py):
+orbax checkpoints of its training state in <method>_seed<k>/checkpoints/ (every
+--config.checkpoint_every calls and at the end), its training curve in metrics_<method>_seed<k>.jsonl
+and tensorboard/<method>_seed<k>/, and its evaluation in <method>_seed<k>/summary.json. Rerunning an
+interrupted command resumes each run from its last checkpoint (bit for bit on a CPU) and evaluates
+only the runs without a summary; a run made with other settings is refused, never mixed in. The
+config is experiments/configs/train_ril.py; override any key with --config.<key>=...
 
   python experiments/train_ril.py --config.demos=data/play --workdir=/tmp/ril
   python experiments/train_ril.py --config.demos=data/play --config.methods=ril --config.seeds=1 \
@@ -34,10 +39,10 @@ matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # noqa: E402
 
 from envs.kitchen import KitchenConfig, KitchenEnv, render  # noqa: E402
-from rpl_jax import evaluation, networks, relabel, train  # noqa: E402
+from rpl_jax import evaluation, networks, phases, relabel, train  # noqa: E402
+from rpl_jax.checkpoint import CheckpointError, read_config  # noqa: E402
 from rpl_jax.data import load_padded  # noqa: E402
 from rpl_jax.files import write_atomic  # noqa: E402
-from rpl_jax.logs import Progress  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', os.path.join(os.path.dirname(__file__), 'configs', 'train_ril.py'),
                                           'The experiment config (experiments/configs/train_ril.py).')
@@ -68,71 +73,82 @@ def _config(method: str) -> train.BCConfig:
       subgoal_finger_noise=_CONFIG.value.subgoal_finger_noise, average_decay=_CONFIG.value.average_decay)
 
 
+# Config keys that choose which runs to make, how often to save or what to render, not what a run's numbers are.
+NOT_RUN_SETTINGS = ('methods', 'seeds', 'videos', 'checkpoint_every')
+MAX_TO_KEEP = 2  # checkpoints per run
+
+
+def _run_settings() -> dict:
+  """The config keys that a run's numbers depend on: its checkpoints' run config."""
+  settings = json.loads(_CONFIG.value.to_json())
+  return {key: value for key, value in settings.items() if key not in NOT_RUN_SETTINGS}
+
+
+def _run_name(method: str, seed: int) -> str:
+  return f'{method}_seed{seed}'
+
+
+def _summary_path(name: str) -> str:
+  return os.path.join(_WORKDIR.value, name, 'summary.json')
+
+
+def _check_earlier_run(name: str) -> None:
+  """Raise ValueError, naming what differs, if an earlier command started run `name` with other settings
+  or left something there this script cannot read."""
+  checkpoints = os.path.join(_WORKDIR.value, name, 'checkpoints')
+  if not os.path.exists(checkpoints):
+    if os.path.exists(_summary_path(name)):
+      raise ValueError(f'{_summary_path(name)} has no checkpoints beside it: remove {name} to rerun.')
+    return
+  try:
+    saved = read_config(checkpoints)
+    if os.path.exists(_summary_path(name)):
+      with open(_summary_path(name)) as f:
+        json.load(f)['success']
+  except (CheckpointError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{os.path.join(_WORKDIR.value, name)} is not a run of this script ({e}): remove it to '
+                     'rerun.') from e
+  differ = [f'{key}={saved.get(key)!r} there, {value!r} here' for key, value in _run_settings().items()
+            if saved.get(key) != value]
+  if differ:
+    raise ValueError(f'{os.path.join(_WORKDIR.value, name)} was run with other settings ({"; ".join(differ)}): use '
+                     'another --workdir, or remove it to rerun.')
+
+
+def _train_seconds(name: str) -> float:
+  """The run's training time over every command that trained it (its logged perf/seconds)."""
+  with open(os.path.join(_WORKDIR.value, f'metrics_{name}.jsonl')) as f:
+    return sum(json.loads(line)['perf/seconds'] for line in f)
+
+
 def _trainer(env, demos, device_demos, config: train.BCConfig, goal_values):
   """`run(seed) -> (summary, agent, state)` for one method: the agent, the compiled step and the
-  evaluator are built once, so further seeds reuse their compilations."""
+  evaluator are built once, so further seeds reuse their compilations. A run resumes from its last
+  checkpoint, and one evaluated by an earlier command is read back."""
   agent = train.make_agent(config)
   step = train.jit_train_step(agent, config)
   evaluate = evaluation.make_evaluator(env, agent, _CONFIG.value.episode_steps,
                                        deterministic=not _CONFIG.value.stochastic, values=goal_values)
 
   def run(seed: int):
-    state = train.init_state(agent, config, demos, jax.random.key(seed))
-    curve, start = [], time.perf_counter()
-    with Progress(_CONFIG.value.train_steps, f'{config.method} seed {seed}', unit='steps') as bar:
-      for _ in range(_CONFIG.value.train_steps):
-        state, metrics = step(state, device_demos)
-        curve.append({'updates': int(state.updates), **{k: float(v) for k, v in metrics.items()}})
-        bar.update(1, **{k: f'{v:.3g}' for k, v in curve[-1].items() if k.startswith('nll')})
-    train_seconds = time.perf_counter() - start
+    name = _run_name(config.method, seed)
+    initial = train.init_state(agent, config, demos, jax.random.key(seed))
+    state = phases.run_phase(_WORKDIR.value, name, _run_settings(), initial, lambda s: step(s, device_demos),
+                             _CONFIG.value.train_steps, _CONFIG.value.checkpoint_every, MAX_TO_KEEP,
+                             lambda m: {k: float(v) for k, v in m.items()})
+    if os.path.exists(_summary_path(name)):
+      print(f'{config.method} seed {seed}: evaluated by an earlier run ({_summary_path(name)})')
+      with open(_summary_path(name)) as f:
+        return json.load(f), agent, state
     start = time.perf_counter()
     result = evaluation.summarize(evaluate(state.average, state.normalizers, jax.random.key(1000 + seed),
                                            _goals(), _CONFIG.value.eval_episodes))
-    result.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - start, curve=curve)
+    result.update(train_seconds=_train_seconds(name), eval_seconds=time.perf_counter() - start)
+    record = json.dumps(result).encode()
+    write_atomic(_summary_path(name), lambda f: f.write(record))
     return result, agent, state
 
   return run
-
-
-# Config keys that choose which runs to make or what to render, not what a run's numbers are.
-NOT_RUN_SETTINGS = ('methods', 'seeds', 'videos')
-
-
-def _run_settings() -> dict:
-  """The config keys that a finished run's numbers depend on."""
-  settings = json.loads(_CONFIG.value.to_json())
-  return {key: value for key, value in settings.items() if key not in NOT_RUN_SETTINGS}
-
-
-def _run_path(method: str, seed: int) -> str:
-  return os.path.join(_WORKDIR.value, 'runs', f'{method}_seed{seed}.json')
-
-
-def _finished_run(method: str, seed: int) -> dict | None:
-  """The summary of a run an earlier command finished with these settings, or None if there is none;
-  ValueError names the settings that differ."""
-  path = _run_path(method, seed)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-    saved['settings'], saved['summary']
-  except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(f'{path} is not a run record of this script ({e!r}): remove it to rerun.') from e
-  ours = _run_settings()
-  differ = [f'{key}={saved["settings"].get(key)!r} there, {value!r} here' for key, value in ours.items()
-            if saved['settings'].get(key) != value]
-  if differ:
-    raise ValueError(f'{path} was run with other settings ({"; ".join(differ)}): use another --workdir, or '
-                     'remove it to rerun.')
-  return saved['summary']
-
-
-def _save_run(method: str, seed: int, summary: dict) -> None:
-  os.makedirs(os.path.dirname(_run_path(method, seed)), exist_ok=True)
-  record = json.dumps({'settings': _run_settings(), 'summary': summary}).encode()
-  write_atomic(_run_path(method, seed), lambda f: f.write(record))
 
 
 def _table(results: dict) -> list[dict]:
@@ -200,16 +216,19 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'methods {sorted(unknown)} are not in Table 1; choose from {tuple(PAPER)} '
                          '(experiments/compare.py runs the other baselines, e.g. oracle segmentation).')
-  if not _methods() or _CONFIG.value.seeds < 1 or _CONFIG.value.train_steps < 1 or _CONFIG.value.videos < 0:
-    raise app.UsageError('--config.methods must name a method, --config.seeds and --config.train_steps must be >= 1, '
-                         'and --config.videos >= 0.')
+  if (not _methods() or _CONFIG.value.seeds < 1 or _CONFIG.value.train_steps < 1
+      or _CONFIG.value.checkpoint_every < 1 or _CONFIG.value.videos < 0):
+    raise app.UsageError('--config.methods must name a method, --config.seeds, --config.train_steps and '
+                         '--config.checkpoint_every must be >= 1, and --config.videos >= 0.')
   if _CONFIG.value.goal_values not in evaluation.GOAL_SOURCES:
     raise app.UsageError(f'--config.goal_values must be one of {evaluation.GOAL_SOURCES}, '
                          f'got {_CONFIG.value.goal_values!r}.')
   configs = {method: _config(method) for method in _methods()}  # bad windows or sizes fail here
   evaluation.check_goals(_goals(), _CONFIG.value.eval_episodes)
   try:
-    finished = {(method, seed): _finished_run(method, seed) for method in configs for seed in range(_CONFIG.value.seeds)}
+    for method in configs:
+      for seed in range(_CONFIG.value.seeds):
+        _check_earlier_run(_run_name(method, seed))
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   demos = load_padded(_CONFIG.value.demos)
@@ -226,14 +245,9 @@ def main(argv):
     results[method] = []
     run = _trainer(env, demos, device_demos, config, goal_values)
     for seed in range(_CONFIG.value.seeds):
-      summary = finished[method, seed]
-      if summary is not None:
-        print(f'{method} seed {seed}: finished by an earlier run ({_run_path(method, seed)})')
-      else:
-        summary, agent, state = run(seed)
-        _save_run(method, seed, summary)
-        if method == 'ril' and seed == 0 and _CONFIG.value.videos:
-          _videos(env, agent, state, _WORKDIR.value, goal_values)
+      summary, agent, state = run(seed)
+      if method == 'ril' and seed == 0 and _CONFIG.value.videos:
+        _videos(env, agent, state, _WORKDIR.value, goal_values)
       print(f'{method} seed {seed}: success {summary["success"]:.1%}, step completion '
             f'{summary["step_completion"]:.2f} (train {summary["train_seconds"]:.0f} s, '
             f'eval {summary["eval_seconds"]:.0f} s)', flush=True)

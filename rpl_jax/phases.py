@@ -172,6 +172,9 @@ def run_phase(workdir: str, phase: str, run_config: dict[str, Any], state, step:
     if done > total:
       raise ValueError(f'{workdir}/{phase} has already run {done} steps, more than the {total} asked: ask for {done} '
                        'or more, or start a new run directory.')
+    if done == total:
+      print(f'{phase}: finished earlier ({total} steps), restored from its last checkpoint', flush=True)
+      return state
     if done:
       print(f'{phase}: resuming after step {done} of {total}', flush=True)
     with contextlib.ExitStack() as stack:

@@ -22,7 +22,7 @@ from ml_collections import config_dict
 
 from envs.kitchen import KitchenConfig, KitchenEnv, expert
 from rpl_jax import evaluation, phases
-from rpl_jax.checkpoint import load_state, read_config
+from rpl_jax.checkpoint import latest_step, load_state, read_config
 from rpl_jax.data.demos import load_padded, read_metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -257,7 +257,7 @@ def test_sigkill_and_resume_ends_bit_for_bit_where_an_uninterrupted_run_does(smo
   process.communicate()
   assert not os.path.exists(killed / 'report.md')
   output = run_main(*args)
-  assert 'rrf: resuming after step' in output and 'ril: resuming after step 4 of 4' in output
+  assert 'rrf: resuming after step' in output and 'ril: finished earlier (4 steps)' in output
   resumed = metrics(killed)
   assert [r['step'] for r in resumed['rrf']] == [1, 2, 3]
   assert resumed == metrics(smoke_run)
@@ -461,7 +461,8 @@ def test_low_level_probe_replays_held_out_demos_from_their_own_resets(smoke_run,
 
 def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path):
   """experiments/train_ril.py on the smoke run's demos: every Table 1 method trains and is evaluated,
-  and the tables list them beside the paper's numbers; rerunning skips the finished runs and refuses
+  and the tables list them beside the paper's numbers; each run logs its curve and checkpoints its state;
+  rerunning resumes an interrupted run to the same numbers, reads the evaluated ones back and refuses
   runs made with other settings; a method outside Table 1, or no method, no episodes, a repeated goal
   or a negative video count fails before training."""
   def train_ril(workdir, *flags):
@@ -471,7 +472,8 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
                            '--config.horizon=5', '--config.eval_episodes=1', '--config.episode_steps=10',
                            '--config.goals=microwave-kettle-topknob-hinge', '--config.backend=cpu',
                            '--config.corrective_noise=0.05', '--config.subgoal_noise=0.2',
-                           '--config.subgoal_finger_noise=0.01', '--config.average_decay=0.5', *flags],
+                           '--config.subgoal_finger_noise=0.01', '--config.average_decay=0.5',
+                           '--config.checkpoint_every=1', *flags],
                           cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
 
   process = train_ril(tmp_path / 'table')
@@ -493,12 +495,20 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
   demo_values = evaluation.goal_values('demos', load_padded(str(smoke_run / 'demos')))
   assert {e: tuple(v) for e, v in results['goal_values'].items()} == demo_values != evaluation.goal_values('task')
   assert (tmp_path / 'table' / 'success.png').stat().st_size > 0
-  # Rerun after a crash that lost the last run: only that run trains again, the others are read back.
-  (tmp_path / 'table' / 'runs' / 'gcbc_final_seed0.json').unlink()
+  # Each run's curve, in JSONL and TensorBoard, and its checkpoints (every call, the last two kept).
+  logged = [json.loads(line) for line in (tmp_path / 'table' / 'metrics_ril_seed0.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in logged] == [1, 2] and all(np.isfinite(r['nll_low']) for r in logged)
+  assert list((tmp_path / 'table' / 'tensorboard' / 'ril_seed0').glob('events.out.tfevents.*'))
+  assert latest_step(str(tmp_path / 'table' / 'gcbc_final_seed0' / 'checkpoints')) == 2
+  # Rerun after a crash in the last run's second call: it resumes after its first call, the others are
+  # read back.
+  shutil.rmtree(tmp_path / 'table' / 'gcbc_final_seed0' / 'checkpoints' / '2')
+  (tmp_path / 'table' / 'gcbc_final_seed0' / 'summary.json').unlink()
   process = train_ril(tmp_path / 'table')
   assert process.returncode == 0, process.stderr[-3000:]
-  assert [m for m in ('ril', 'gcbc', 'gcbc_final') if f'{m} seed 0: finished by an earlier run' in process.stdout] == \
+  assert [m for m in ('ril', 'gcbc', 'gcbc_final') if f'{m} seed 0: evaluated by an earlier run' in process.stdout] == \
       ['ril', 'gcbc']
+  assert 'gcbc_final_seed0: resuming after step 1 of 2' in process.stdout
   again = json.loads((tmp_path / 'table' / 'results.json').read_text())['results']
   assert again['ril'] == results['results']['ril'] and again['gcbc'] == results['results']['gcbc']
   timeless = lambda run: {k: v for k, v in run.items() if not k.endswith('_seconds')}

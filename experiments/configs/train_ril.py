@@ -40,4 +40,5 @@ def get_config() -> config_dict.ConfigDict:
   config.stochastic = False  # evaluate sampled actions instead of the policy mean
   config.backend = 'auto'
   config.videos = 0  # RIL episodes to render as GIFs (first seed, first goals)
+  config.checkpoint_every = 20  # calls between a run's checkpoints (and one at the end)
   return config
