@@ -27,12 +27,11 @@ import zlib
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 
 from envs.kitchen import KitchenConfig, KitchenEnv
-from rpl_jax import evaluation, phases
+from rpl_jax import evaluation, logs, phases
 from rpl_jax.checkpoint import CheckpointError, read_config
 from rpl_jax.files import write_atomic
 
@@ -113,8 +112,7 @@ def report(workdir: str, seed: int, episodes: int, steps: int, results: dict[str
 
 def main(argv):
   del argv
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+  logs.quiet_info_logs()
   workdir = _WORKDIR.value
   policies = load_agents(workdir, _AGENTS.value, _RRF_STEP.value)
   first = next(iter(policies.values()))

@@ -39,7 +39,7 @@ from rpl_jax import evaluation, nearest_neighbour, parallel, phases, rrf  # noqa
 from rpl_jax.checkpoint import CheckpointError  # noqa: E402
 from rpl_jax.data import load_padded, read_element_steps  # noqa: E402
 from rpl_jax.files import write_atomic  # noqa: E402
-from rpl_jax.logs import write_run_info  # noqa: E402
+from rpl_jax.logs import quiet_info_logs, write_run_info  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', os.path.join(os.path.dirname(__file__), 'configs', 'main.py'),
                                           'The run config (experiments/configs/main.py).')
@@ -135,8 +135,7 @@ def kept_note(kept: dict[str, dict]) -> str:
 def main(argv, config=None, workdir: str | None = None):
   """The whole job; `config` defaults to the command line's (resolve_config), `workdir` to --workdir."""
   del argv
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  quiet_info_logs()
   try:
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = config or resolve_config()

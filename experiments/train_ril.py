@@ -39,7 +39,7 @@ matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # noqa: E402
 
 from envs.kitchen import KitchenConfig, KitchenEnv, render  # noqa: E402
-from rpl_jax import evaluation, networks, phases, relabel, train  # noqa: E402
+from rpl_jax import evaluation, logs, networks, phases, relabel, train  # noqa: E402
 from rpl_jax.checkpoint import CheckpointError, read_config  # noqa: E402
 from rpl_jax.data import load_padded  # noqa: E402
 from rpl_jax.files import write_atomic  # noqa: E402
@@ -212,6 +212,7 @@ def _videos(env, agent, state, workdir: str, goal_values) -> None:
 
 def main(argv):
   del argv
+  logs.quiet_info_logs()
   unknown = set(_methods()) - set(PAPER)
   if unknown:
     raise app.UsageError(f'methods {sorted(unknown)} are not in Table 1; choose from {tuple(PAPER)} '

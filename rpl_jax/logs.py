@@ -36,6 +36,8 @@ from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any, TextIO
 
+from absl import flags
+from absl import logging
 import jax
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -47,6 +49,13 @@ RUN_INFO = 'run_info.json'
 PACKAGES = ('jax', 'jaxlib', 'mujoco', 'mujoco-mjx', 'flax', 'optax', 'chex', 'orbax-checkpoint', 'numpy',
             'absl-py', 'ml-collections', 'tensorboard')
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def quiet_info_logs() -> None:
+  """In a launcher's main: absl logging at WARNING unless --verbosity was given, since orbax logs every
+  checkpoint save and restore at INFO."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 # --- metrics --------------------------------------------------------------------------------------
