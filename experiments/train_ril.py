@@ -69,12 +69,15 @@ def _config(method: str) -> train.BCConfig:
       batch_size=_CONFIG.value.batch_size, updates_per_step=_CONFIG.value.updates_per_step,
       learning_rate=_CONFIG.value.learning_rate, relative_goals=_CONFIG.value.relative_goals,
       relative_subgoals=_CONFIG.value.relative_subgoals and method in train.HIERARCHICAL,  # baselines: no high level
+      object_goals=_CONFIG.value.object_goals,
       corrective_noise=_CONFIG.value.corrective_noise, subgoal_noise=_CONFIG.value.subgoal_noise,
       subgoal_finger_noise=_CONFIG.value.subgoal_finger_noise, average_decay=_CONFIG.value.average_decay)
 
 
 # Config keys that choose which runs to make, how often to save or what to render, not what a run's numbers are.
 NOT_RUN_SETTINGS = ('methods', 'seeds', 'videos', 'checkpoint_every')
+# Run settings added after runs were first saved: a run saved without one ran as this value.
+ADDED_SETTINGS = {'object_goals': False}
 MAX_TO_KEEP = 2  # checkpoints per run
 
 
@@ -108,6 +111,7 @@ def _check_earlier_run(name: str) -> None:
   except (CheckpointError, ValueError, KeyError, TypeError) as e:
     raise ValueError(f'{os.path.join(_WORKDIR.value, name)} is not a run of this script ({e}): remove it to '
                      'rerun.') from e
+  saved = {**ADDED_SETTINGS, **saved}
   differ = [f'{key}={saved.get(key)!r} there, {value!r} here' for key, value in _run_settings().items()
             if saved.get(key) != value]
   if differ:
@@ -254,10 +258,11 @@ def main(argv):
             f'eval {summary["eval_seconds"]:.0f} s)', flush=True)
       results[method].append(summary)
 
-  with open(os.path.join(_WORKDIR.value, 'results.json'), 'w') as f:
-    json.dump({'config': json.loads(_CONFIG.value.to_json()),
-               'configs': {m: dataclasses.asdict(c) for m, c in configs.items()},
-               'goal_values': goal_values, 'results': results}, f, indent=1)
+  everything = {'config': json.loads(_CONFIG.value.to_json()),
+                'configs': {m: dataclasses.asdict(c) for m, c in configs.items()},
+                'goal_values': goal_values, 'results': results}
+  write_atomic(os.path.join(_WORKDIR.value, 'results.json'),
+               lambda f: f.write(json.dumps(everything, indent=1).encode()))
   _write_tables(_table(results), _WORKDIR.value)
   _plot(results, os.path.join(_WORKDIR.value, 'success.png'))
   print(f'wrote {_WORKDIR.value}/results.json, table.md, table.csv, success.png')

@@ -62,12 +62,14 @@ class PolicyNormalizer:
   observation over their shared state prefix (the first min(obs, goal) dims: goal - obs there), and
   the `goal` normalizer is fitted to those offsets. With `relative_output` (an output in state space,
   the high level's subgoal), the network predicts the output's offset from the observation, and the
-  `output` normalizer is fitted to those offsets: mean = obs + output.denormalize(MLP(inputs))."""
+  `output` normalizer is fitted to those offsets: mean = obs + output.denormalize(MLP(inputs)).
+  The goal's first `ignored_goal_dims` dims are zeroed after normalization: the network never sees them."""
   obs: Normalizer  # the observation input
   goal: Normalizer  # the goal input
   output: Normalizer  # identity for actions; the state normalizer (or the offsets' one) for subgoals
   relative_goal: bool = struct.field(pytree_node=False, default=False)
   relative_output: bool = struct.field(pytree_node=False, default=False)
+  ignored_goal_dims: int = struct.field(pytree_node=False, default=0)
 
   def goal_input(self, obs: jax.Array, goal: jax.Array) -> jax.Array:
     """The goal as the network sees it (before normalization)."""
@@ -164,9 +166,10 @@ def _inputs(normalizer: PolicyNormalizer, obs: jax.Array, goal: jax.Array, obs_d
   _check_normalizer('obs', normalizer.obs, obs_dim)
   _check_normalizer('goal', normalizer.goal, goal_dim)
   batch = jnp.broadcast_shapes(jnp.shape(obs)[:-1], jnp.shape(goal)[:-1])
-  goal = normalizer.goal_input(obs, goal)
+  goal = normalizer.goal.normalize(normalizer.goal_input(obs, goal))
+  goal = jnp.where(jnp.arange(goal_dim) < normalizer.ignored_goal_dims, 0.0, goal)
   return jnp.concatenate([jnp.broadcast_to(normalizer.obs.normalize(obs), batch + (obs_dim,)),
-                          jnp.broadcast_to(normalizer.goal.normalize(goal), batch + (goal_dim,))], -1)
+                          jnp.broadcast_to(goal, batch + (goal_dim,))], -1)
 
 
 @dataclasses.dataclass(frozen=True)

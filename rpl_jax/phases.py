@@ -52,16 +52,16 @@ def goal_list(goals: str) -> tuple[str, ...]:
   return evaluation.check_goals(names)
 
 
-def _relative_inputs(config: config_dict.ConfigDict) -> dict[str, bool]:
-  """The imitation's goal and subgoal forms; runs saved before the keys existed used absolute ones."""
-  return {key: config.ril.get(key, False) for key in ('relative_goals', 'relative_subgoals')}
+def _input_forms(config: config_dict.ConfigDict) -> dict[str, bool]:
+  """The imitation's goal and subgoal forms; runs saved before the keys existed used absolute, whole ones."""
+  return {key: config.ril.get(key, False) for key in ('relative_goals', 'relative_subgoals', 'object_goals')}
 
 
 def _agent_settings(config: config_dict.ConfigDict) -> dict[str, Any]:
   """The imitation settings that decide what a trained agent does (its method, windows, horizon and
   input forms) without changing its parameters' shapes, so that only the configs can tell them apart."""
   return {**{key: config.ril[key] for key in ('method', 'window_low', 'window_high', 'horizon')},
-          **_relative_inputs(config)}
+          **_input_forms(config)}
 
 
 def check_source_ril(from_workdir: str, run_config: dict) -> None:
@@ -88,7 +88,7 @@ def build(config: config_dict.ConfigDict, loading: bool = False) -> RunConfigs:
   windows = RelabelConfig(config.ril.window_low, config.ril.window_high, config.ril.horizon)
   bc = train.BCConfig(method=config.ril.method, relabel=windows, policy=networks.PolicyConfig(hidden=tuple(config.ril.hidden)),
                       batch_size=config.ril.batch_size, updates_per_step=config.ril.updates_per_step,
-                      learning_rate=config.ril.learning_rate, **_relative_inputs(config),
+                      learning_rate=config.ril.learning_rate, **_input_forms(config),
                       # 0 in runs saved before the keys existed
                       corrective_noise=config.ril.get('corrective_noise', 0.0),
                       subgoal_noise=config.ril.get('subgoal_noise', 0.0),
@@ -318,6 +318,23 @@ class Policy(NamedTuple):
   normalizers: dict[str, Any]
   goals: tuple[str, ...]
   goal_values: dict[str, tuple[float, ...]]  # the element values of the run's goal states
+
+
+def load_table_run(workdir: str, method: str, seed: int) -> tuple[Policy, train.BCConfig]:
+  """The agent of run (method, seed) of an experiments/train_ril.py workdir, acting with its weight
+  average, with the table's goals and goal values, and its config (from its results.json)."""
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} is missing: is {workdir} a train_ril.py workdir whose command finished?')
+  with open(path) as f:
+    results = json.load(f)
+  if method not in results['configs']:
+    raise ValueError(f'{workdir} has no {method!r} runs; it has {sorted(results["configs"])}.')
+  config = train.config_from_dict(results['configs'][method])
+  agent = train.make_agent(config)
+  state = load_state(os.path.join(workdir, f'{method}_seed{seed}', 'checkpoints'), _ril_target(agent, config))
+  goal_values = {element: tuple(v) for element, v in results['goal_values'].items()}
+  return Policy(agent, state.average, state.normalizers, goal_list(results['config']['goals']), goal_values), config
 
 
 GOAL_VALUES_FILE = 'goal_values.json'  # in a run directory: {"source": ..., "values": {element: [...]}}

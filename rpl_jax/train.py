@@ -48,6 +48,10 @@ class BCConfig:
   # its output normalizer fitted to Algorithm 3's s_{t+min(w, W_l)} - s_t: an element the next W_l steps
   # leave alone is then predicted as staying where it is, instead of reproduced through the MLP.
   relative_subgoals: bool = False
+  # The level that the task's goal conditions (RIL's high level, the baselines' one policy) does not see
+  # the goal's robot joints (networks.PolicyNormalizer.ignored_goal_dims): a compound goal says where
+  # the objects must be, and its arm posture (the reset one) is no target (BUILD_NOTES, "Object goals").
+  object_goals: bool = False
   # Std (rad; m for the fingers) of a Gaussian displacement of the robot joints in half the action
   # level's tuples (RIL's low level, the baselines' one policy), with the labels corrected to command
   # the same position targets (`corrected`). 0: off. The RRF phase's DAPG term draws undisplaced tuples.
@@ -81,6 +85,13 @@ class BCConfig:
                        f'{self.max_grad_norm}.')
 
 
+def config_from_dict(fields: dict[str, Any]) -> BCConfig:
+  """The BCConfig whose dataclasses.asdict is `fields` (as experiments/train_ril.py saves them); a
+  field missing from it (saved before the field existed) takes its default."""
+  return BCConfig(**{**fields, 'relabel': RelabelConfig(**fields['relabel']),
+                     'policy': networks.PolicyConfig(**fields['policy'])})
+
+
 @struct.dataclass
 class BCState:
   params: dict[str, Any]  # per level ('low', 'high'): what the optimizer trains
@@ -109,7 +120,8 @@ def fit_normalizers(agent: Agent, config: BCConfig, data) -> dict[str, networks.
   samplers draw from: training_data). Observations: the demos' valid states (padding excluded). Goals:
   the same states, or with `relative_goals` the offsets goal - state of NORMALIZER_SAMPLES of the
   level's relabeled tuples. Outputs: none for actions; for the high level's subgoals the state
-  normalizer, or with `relative_subgoals` the offsets subgoal - state of those tuples."""
+  normalizer, or with `relative_subgoals` the offsets subgoal - state of those tuples. With
+  `object_goals`, the task-goal level ignores its goal's robot joints."""
   demos = data.demos if isinstance(data, relabel.SegmentedDemos) else data
   observations, lengths = np.asarray(demos.observations), np.asarray(demos.lengths)
   valid = np.arange(observations.shape[1])[None, :] <= lengths[:, None]
@@ -120,11 +132,15 @@ def fit_normalizers(agent: Agent, config: BCConfig, data) -> dict[str, networks.
     tuples = draws[level].draw(jax.random.key(0), data)
     return networks.fit_normalizer(np.asarray(tuples[index]) - np.asarray(tuples[0]))
 
+  task_level = 'low' if agent.high is None else 'high'
+
   def normalizer(level, output, relative_output=False):
     goals = offsets(level, 1) if config.relative_goals else states
+    ignored = tasks.ROBOT_DOF if config.object_goals and level == task_level else 0
     # Copies: the compiled step donates the state, and a buffer can be donated only once.
     return networks.PolicyNormalizer(*jax.tree.map(jnp.copy, (states, goals, output)),
-                                     relative_goal=config.relative_goals, relative_output=relative_output)
+                                     relative_goal=config.relative_goals, relative_output=relative_output,
+                                     ignored_goal_dims=ignored)
 
   normalizers = {'low': normalizer('low', networks.identity_normalizer(ACTION_DIM))}
   if agent.high is not None:

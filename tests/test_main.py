@@ -23,7 +23,7 @@ from ml_collections import config_dict
 from envs.kitchen import KitchenConfig, KitchenEnv, expert
 from rpl_jax import evaluation, phases
 from rpl_jax.checkpoint import latest_step, load_state, read_config
-from rpl_jax.data.demos import load_padded, read_metadata
+from rpl_jax.data.demos import load_padded, read_element_steps, read_metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, 'experiments', 'main.py')
@@ -504,6 +504,11 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
   # read back.
   shutil.rmtree(tmp_path / 'table' / 'gcbc_final_seed0' / 'checkpoints' / '2')
   (tmp_path / 'table' / 'gcbc_final_seed0' / 'summary.json').unlink()
+  # A run saved before a setting existed ran as its ADDED_SETTINGS value: still read back.
+  meta = tmp_path / 'table' / 'ril_seed0' / 'checkpoints' / '2' / 'meta' / 'metadata'
+  saved = json.loads(meta.read_text())
+  assert saved['config'].pop('object_goals') is False
+  meta.write_text(json.dumps(saved))
   process = train_ril(tmp_path / 'table')
   assert process.returncode == 0, process.stderr[-3000:]
   assert [m for m in ('ril', 'gcbc', 'gcbc_final') if f'{m} seed 0: evaluated by an earlier run' in process.stdout] == \
@@ -513,6 +518,23 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
   assert again['ril'] == results['results']['ril'] and again['gcbc'] == results['results']['gcbc']
   timeless = lambda run: {k: v for k, v in run.items() if not k.endswith('_seconds')}
   assert timeless(again['gcbc_final'][0]) == timeless(results['results']['gcbc_final'][0])  # retrained, same seed
+  # Each element in isolation (experiments/probe_elements.py): RIL's own levels, and the flat GCBC policy
+  # on the demo's subgoals. The replayed prefixes leave exactly the demo's first elements complete.
+  element_steps = read_element_steps(str(smoke_run / 'demos'))
+  for method, subgoals, suffix in (('ril', 'agent', ''), ('gcbc', 'demo', '_demo_subgoals')):
+    probe = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'probe_elements.py'),
+                            f'--run={tmp_path / "table"}', f'--method={method}', f'--demos={smoke_run / "demos"}',
+                            '--count=2', '--budget=5', f'--subgoals={subgoals}'], cwd=REPO,
+                           env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    probed = json.loads((tmp_path / 'table' / f'probe_{method}_seed0{suffix}.json').read_text())
+    rows = probed['rows']
+    assert [(r['demo'], r['position']) for r in rows] == [(d, j) for d in range(2) for j in range(4)]
+    assert [r['t0'] for r in rows] == [0 if j == 0 else int(element_steps[d, j - 1])
+                                       for d in range(2) for j in range(4)]
+    assert probed['prefix_exact'] == 1.0 and probed['done'] == np.mean([r['done'] for r in rows])
+    assert all(r['steps'] is None or 0 < r['steps'] <= 5 for r in rows)
+    assert sum(group['n'] for group in probed['by_element'].values()) == 8
   # The same workdir with another setting would mix two experiments in one table: refused.
   refused = train_ril(tmp_path / 'table', '--config.corrective_noise=0.1')
   assert refused.returncode != 0 and 'corrective_noise=0.05 there, 0.1 here' in refused.stderr, refused.stderr[-2000:]

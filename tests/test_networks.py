@@ -78,6 +78,22 @@ def test_relative_goal_input_is_the_offset_over_the_shared_state_prefix():
 
 
 
+def test_ignored_goal_dims_are_zeroed_after_normalization():
+  """The network sees the normalized goal with its first `ignored_goal_dims` dims at 0 (their
+  normalized mean): changing them changes nothing, changing any other dim changes the output."""
+  policy, params, normalizer, obs, goal = random_setup(3)
+  ignoring = normalizer.replace(ignored_goal_dims=2)
+  seen = goal.copy()
+  seen[..., :2] = np.asarray(normalizer.goal.mean[:2])  # normalizes to 0
+  mean, _ = policy.apply(params, ignoring, obs, goal)
+  np.testing.assert_allclose(mean, numpy_gaussian(params, normalizer, obs, seen)[0], rtol=2e-4, atol=2e-5)
+  moved = goal.copy()
+  moved[..., :2] += 10.0
+  np.testing.assert_array_equal(policy.apply(params, ignoring, obs, moved)[0], mean)
+  moved[..., 2] += 1.0
+  assert np.abs(np.asarray(policy.apply(params, ignoring, obs, moved)[0]) - np.asarray(mean)).min() > 0
+
+
 def test_fit_normalizer_matches_numpy_and_floors_constant_dims():
   rng = np.random.default_rng(0)
   x = rng.normal(2.0, 5.0, size=(3, 40, 6))

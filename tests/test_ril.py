@@ -1,7 +1,9 @@
 """RIL and GCBC: the compiled BC step, the hierarchical rollout and the evaluation tables."""
 
+import dataclasses
 import functools
 import itertools
+import json
 import math
 
 import jax
@@ -12,7 +14,7 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from envs.kitchen import ACTION_DIM, KitchenConfig, KitchenEnv, tasks
-from rpl_jax import evaluation, networks, relabel, rollout, train
+from rpl_jax import evaluation, networks, phases, relabel, rollout, train
 from rpl_jax.data import Demo, pad_demos
 
 SMALL = networks.PolicyConfig(hidden=(32, 32))
@@ -167,6 +169,34 @@ def test_relative_normalizers_fit_the_relabeled_offsets(form):
   # The observation normalizer is still the states' (unchanged by the goal representation).
   np.testing.assert_array_equal(normalizers['low'].obs.mean, absolute['low'].obs.mean)
   assert not absolute['low'].relative_goal and not absolute['high'].relative_output
+
+
+@pytest.mark.parametrize('method, ignoring', [('ril', 'high'), ('oracle', 'high'), ('gcbc', 'low')])
+def test_object_goals_hide_the_robot_joints_from_the_task_goal_level_only(method, ignoring):
+  """RIL's low level must still see its subgoal's arm posture; the level that takes the task's goal
+  does not see the goal's 9 robot joints."""
+  demos = _demos()
+  config = _config(method, object_goals=True)
+  normalizers = train.fit_normalizers(train.make_agent(config), config, demos)
+  assert {level: n.ignored_goal_dims for level, n in normalizers.items()} == {
+      level: tasks.ROBOT_DOF if level == ignoring else 0 for level in normalizers}
+  whole = train.fit_normalizers(train.make_agent(config), _config(method), demos)
+  assert all(n.ignored_goal_dims == 0 for n in whole.values())
+
+
+def test_config_round_trips_through_its_saved_dict(tmp_path):
+  """experiments/train_ril.py saves dataclasses.asdict(config) (through JSON); config_from_dict inverts
+  it, a field saved before it existed takes its default, and load_table_run names what is missing."""
+  config = _config('gcbc', object_goals=True, corrective_noise=0.05, average_decay=0.9)
+  saved = json.loads(json.dumps(dataclasses.asdict(config)))
+  assert train.config_from_dict(saved) == config
+  del saved['object_goals']
+  assert train.config_from_dict(saved) == dataclasses.replace(config, object_goals=False)
+  with pytest.raises(FileNotFoundError, match='results.json is missing'):
+    phases.load_table_run(str(tmp_path), 'ril', 0)
+  (tmp_path / 'results.json').write_text(json.dumps({'configs': {'gcbc': saved}}))
+  with pytest.raises(ValueError, match="no 'ril' runs; it has \\['gcbc'\\]"):
+    phases.load_table_run(str(tmp_path), 'ril', 0)
 
 
 def test_bad_configs_fail_before_compiling():

@@ -99,6 +99,7 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   config.ril.learning_rate = 1e-3
   config.ril.relative_goals = False  # goals enter the networks as offsets from the state
   config.ril.relative_subgoals = False  # the high level predicts its subgoal's offset from the state
+  config.ril.object_goals = False  # the task-goal level ignores its goal's robot joints (train.BCConfig)
   # rad: robot joints of half the low level's tuples displaced, labels corrected (train.BCConfig)
   config.ril.corrective_noise = 0.0
   # noise on the low level's goals: rad on the arm joints, m on the fingers (train.BCConfig)

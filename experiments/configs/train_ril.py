@@ -21,6 +21,7 @@ def get_config() -> config_dict.ConfigDict:
   config.hidden = (256, 256)
   config.relative_goals = False  # goals enter the networks as offsets from the state
   config.relative_subgoals = False  # RIL's high level predicts its subgoal's offset from the state
+  config.object_goals = False  # the task-goal level ignores its goal's robot joints (train.BCConfig)
   # rad: robot joints of half the low level's tuples displaced, labels corrected (train.BCConfig)
   config.corrective_noise = 0.0
   # noise on the low level's goals: rad on the arm joints, m on the fingers (train.BCConfig)
