@@ -34,6 +34,7 @@ import numpy as np
 
 from envs.kitchen import KitchenConfig, KitchenEnv, model, tasks
 from rpl_jax import logs, phases, rollout
+from rpl_jax.checkpoint import CheckpointError
 from rpl_jax.data import load_padded, read_element_steps, read_metadata
 from rpl_jax.data.play import demo_keys
 from rpl_jax.files import write_atomic
@@ -100,7 +101,10 @@ def main(argv):
   if _BUDGET.value < 1:
     raise app.UsageError(f'--budget must be >= 1, got {_BUDGET.value}.')
   seeds, orders, element_steps, meta = plays(_DEMOS.value, _FIRST.value, _COUNT.value)
-  policy, config = phases.load_table_run(_RUN.value, _METHOD.value, _SEED.value)
+  try:
+    policy, config = phases.load_table_run(_RUN.value, _METHOD.value, _SEED.value)
+  except (FileNotFoundError, ValueError, CheckpointError) as e:
+    raise app.UsageError(str(e)) from e
   demos = load_padded(_DEMOS.value)
   picked = slice(_FIRST.value, _FIRST.value + _COUNT.value)
   observations, actions, lengths = (np.asarray(x)[picked] for x in demos)
