@@ -2,23 +2,27 @@
 
   python experiments/evaluate.py --workdir=runs/tuned --episodes=50 --seed=7000
   python experiments/evaluate.py --workdir=runs/tuned --agents=ril,rrf,rrf_last --rrf_step=10
+  python experiments/evaluate.py --workdir=runs/table1 --agents=ril_seed2,gcbc_seed2 --episodes=30
 
-Agents (--agents): `ril`, the imitation phase's agent; `rrf`, the per-goal agents the report evaluates
-(under rrf.keep_best each goal's best monitored parameters, else the last); `rrf_last`, the
-parameters RRF trained to, whatever it kept; `distill`, the distilled agent. They run through one
-per-goal evaluator (a shared agent's parameters copied to every goal) on the same goals and reset keys,
-so each goal's episodes start alike for every agent and identical parameters score identically. The
-main job's report runs the shared agents through another evaluator, whose batch shape differs, so
-its numbers can differ by a few episodes (BUILD_NOTES.md, "Keeping the best monitored agent").
+Agents (--agents) of a main-job or train_rpl.py run: `ril`, the imitation phase's agent; `rrf`, the
+per-goal agents the report evaluates (under rrf.keep_best each goal's best monitored parameters, else
+the last); `rrf_last`, the parameters RRF trained to, whatever it kept; `distill`, the distilled agent
+(default: ril,rrf,distill). Of an experiments/train_ril.py workdir: `<method>_seed<k>`, each run's
+weight average (default: every run). They run through one per-goal evaluator (a shared agent's
+parameters copied to every goal) on the same goals and reset keys, so each goal's episodes start
+alike for every agent and identical parameters score identically. The main job's report and
+train_ril.py run shared agents through another evaluator, whose batch shape differs, so their
+numbers can differ by a few episodes (BUILD_NOTES.md, "Keeping the best monitored agent").
 
 The goals default to the run's RRF goals when an RRF agent is asked for, else its evaluation goals;
-the evaluation seed, episode length and backend default to the run's. Writes
+the evaluation seed, episode length and backend default to the run's (a train_ril.py workdir's seed:
+phases.TABLE_EVAL_SEED, which it used for its seed-0 runs). Writes
 <workdir>/evaluation/<backend>_seed<seed>_<episodes>x<steps>_<G>goals-<crc>_<agents>[_rrfstep<step>]
 .json and .md (a name per request, so that none overwrites another): per agent, success and step
 completion overall, per goal and per element, and the one-sided Fisher p-value of its success lead
-over RIL (evaluation.success_lead_p_value). That test takes the episodes as independent draws: it
-says whether these parameters beat RIL's, not whether the method would over training seeds, whose
-spread is larger (BUILD_NOTES.md, session 26).
+over the first agent of --agents (evaluation.success_lead_p_value). That test takes the episodes as
+independent draws: it says whether these parameters beat the first agent's, not whether the method
+would over training seeds, whose spread is larger (BUILD_NOTES.md, session 26).
 """
 
 import json
@@ -36,12 +40,16 @@ from rpl_jax.checkpoint import CheckpointError, read_config
 from rpl_jax.files import write_atomic
 
 AGENTS = {'ril': ('ril', True), 'rrf': ('rrf', True), 'rrf_last': ('rrf', False), 'distill': ('distill', True)}
+PHASES = ('distill', 'rrf', 'ril')  # a main-job run's, latest first
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A main-job or train_rpl.py run directory.', required=True)
-_AGENTS = flags.DEFINE_list('agents', ['ril', 'rrf', 'distill'], f'Any of {list(AGENTS)}.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A main-job, train_rpl.py or train_ril.py run directory.',
+                                required=True)
+_AGENTS = flags.DEFINE_list('agents', [], f'Of a main-job run any of {list(AGENTS)} (default: ril,rrf,distill); of a '
+                            'train_ril.py workdir <method>_seed<k> (default: every run).')
 _GOALS = flags.DEFINE_string('goals', '', "Comma-separated compound goals or 'all'; empty: the run's (see above).")
 _EPISODES = flags.DEFINE_integer('episodes', 50, 'Episodes per goal.')
-_SEED = flags.DEFINE_integer('seed', None, "Evaluation seed (reset keys); default: the run's eval.seed.")
+_SEED = flags.DEFINE_integer('seed', None, "Evaluation seed (reset keys); default: the run's eval.seed, or a "
+                            'train_ril.py workdir\'s phases.TABLE_EVAL_SEED.')
 _EPISODE_STEPS = flags.DEFINE_integer('episode_steps', None,
                                       "Steps per episode; default: the run's eval.episode_steps.")
 _BACKEND = flags.DEFINE_string('backend', None, "Env backend; default: the run's.")
@@ -50,10 +58,38 @@ _OUT = flags.DEFINE_string('out', None, 'Output path without extension; default:
                            '<backend>_seed<seed>_<episodes>x<steps>_<goals>_<agents>[_rrfstep<step>].')
 
 
+def is_table(workdir: str) -> bool:
+  """Whether `workdir` is an experiments/train_ril.py workdir rather than a main-job run."""
+  return not any(os.path.isdir(os.path.join(workdir, phase, 'checkpoints')) for phase in PHASES)
+
+
+def load_table_agents(workdir: str, names: list[str]) -> dict[str, phases.Policy]:
+  """The asked-for `<method>_seed<k>` runs of a train_ril.py workdir (default: all of them)."""
+  try:
+    table = phases.read_table(workdir)
+  except (FileNotFoundError, ValueError) as e:
+    raise app.UsageError(f'{workdir} has no main-job phase (ril, rrf, distill) and is no train_ril.py workdir: '
+                         f'{e}') from e
+  runs = [f'{method}_seed{seed}' for method, summaries in table['results'].items() for seed in range(len(summaries))]
+  unknown = [name for name in names if name not in runs]
+  if unknown:
+    raise app.UsageError(f'--agents must name runs of the train_ril.py workdir {workdir}, i.e. some of {runs}; '
+                         f'it has no {unknown}.')
+  policies = {}
+  for name in names or runs:
+    method, seed = name.rsplit('_seed', 1)
+    try:
+      policies[name] = phases.load_table_run(workdir, method, int(seed))[0]
+    except CheckpointError as e:
+      raise app.UsageError(f'cannot load {name}: {e}') from e
+  return policies
+
+
 def load_agents(workdir: str, names: list[str], rrf_step: int | None) -> dict[str, phases.Policy]:
-  """The asked-for agents of a run directory, by --agents name; a phase the run lacks fails here."""
+  """The asked-for agents of a main-job run directory, by --agents name; a phase the run lacks fails here."""
+  names = names or ['ril', 'rrf', 'distill']
   unknown = [name for name in names if name not in AGENTS]
-  if unknown or not names:
+  if unknown:
     raise app.UsageError(f'--agents must name some of {list(AGENTS)}, got {names}.')
   policies = {}
   for name in names:
@@ -65,15 +101,25 @@ def load_agents(workdir: str, names: list[str], rrf_step: int | None) -> dict[st
   return policies
 
 
-def run_config(workdir: str) -> dict:
-  """The run's config, from its latest phase's checkpoints (a train_rpl.py run has no ril/)."""
-  phase = next(p for p in ('distill', 'rrf', 'ril') if os.path.isdir(os.path.join(workdir, p, 'checkpoints')))
-  return read_config(os.path.join(workdir, phase, 'checkpoints'))
+def run_defaults(workdir: str) -> tuple[str, int, int]:
+  """The run's backend, evaluation seed and episode steps: a main-job run's from its latest phase's
+  checkpoints (a train_rpl.py run has no ril/), a train_ril.py workdir's from its results.json."""
+  if is_table(workdir):
+    config = phases.read_table(workdir)['config']
+    return config['backend'], phases.TABLE_EVAL_SEED, config['episode_steps']
+  phase = next(p for p in PHASES if os.path.isdir(os.path.join(workdir, p, 'checkpoints')))
+  config = read_config(os.path.join(workdir, phase, 'checkpoints'))
+  return config['backend'], config['eval']['seed'], config['eval']['episode_steps']
+
+
+def per_goal_agent(name: str) -> bool:
+  """Whether agent `name` has parameters per RRF goal (the others act alike for every goal)."""
+  return name in AGENTS and AGENTS[name][0] == 'rrf'
 
 
 def stacked(name: str, policy: phases.Policy, goals: tuple[str, ...]):
   """[G, ...] parameters for `goals`: an RRF agent's rows for them, or copies of a shared agent's."""
-  if AGENTS[name][0] != 'rrf':
+  if not per_goal_agent(name):
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (len(goals),) + x.shape), policy.params)
   missing = [goal for goal in goals if goal not in policy.goals]
   if missing:
@@ -104,8 +150,9 @@ def report(workdir: str, seed: int, episodes: int, steps: int, results: dict[str
                     for e in elements))
   if p_values:
     count = {name: evaluation.success_count(summary) for name, summary in results.items()}
-    text += '\n## Success lead over RIL (one-sided Fisher exact test)\n\n' + ''.join(
-        f"- {name}: {count[name]} of {results[name]['episodes']} against {count['ril']}, p = {p:.2g}\n"
+    reference = next(iter(results))
+    text += f'\n## Success lead over {reference} (one-sided Fisher exact test)\n\n' + ''.join(
+        f"- {name}: {count[name]} of {results[name]['episodes']} against {count[reference]}, p = {p:.2g}\n"
         for name, p in p_values.items())
   return text
 
@@ -114,13 +161,17 @@ def main(argv):
   del argv
   logs.quiet_info_logs()
   workdir = _WORKDIR.value
-  policies = load_agents(workdir, _AGENTS.value, _RRF_STEP.value)
+  table = is_table(workdir)
+  if table and _RRF_STEP.value is not None:
+    raise app.UsageError('--rrf_step is for a main-job run; a train_ril.py workdir has no RRF phase.')
+  policies = load_table_agents(workdir, _AGENTS.value) if table else load_agents(workdir, _AGENTS.value,
+                                                                                 _RRF_STEP.value)
   first = next(iter(policies.values()))
   if any(policy.goal_values != first.goal_values for policy in policies.values()):
     raise app.UsageError('the agents were trained for different goal states (goal_values); evaluate them apart.')
-  config = run_config(workdir)
-  rrf_goals = next((p.goals for name, p in policies.items() if AGENTS[name][0] == 'rrf'), None)
-  backend = _BACKEND.value or config['backend']
+  run_backend, run_seed, run_steps = run_defaults(workdir)
+  rrf_goals = next((p.goals for name, p in policies.items() if per_goal_agent(name)), None)
+  backend = _BACKEND.value or run_backend
   try:
     goals = evaluation.check_goals(phases.goal_list(_GOALS.value) if _GOALS.value else rrf_goals or first.goals,
                                    _EPISODES.value)
@@ -128,26 +179,30 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   params = {name: stacked(name, policy, goals) for name, policy in policies.items()}  # fails before any rollout
-  seed = config['eval']['seed'] if _SEED.value is None else _SEED.value
-  steps = _EPISODE_STEPS.value or config['eval']['episode_steps']
+  seed = run_seed if _SEED.value is None else _SEED.value
+  steps = _EPISODE_STEPS.value or run_steps
   env = KitchenEnv(KitchenConfig(backend=backend, horizon=steps))
-  evaluate = evaluation.make_evaluator(env, first.agent, steps, per_goal=True, values=first.goal_values)
+  evaluators = {}  # per agent structure: a train_ril.py table holds hierarchical and flat agents
   results = {}
   for name, policy in policies.items():
-    results[name] = evaluation.summarize(evaluate(params[name], policy.normalizers, jax.random.key(seed), goals,
-                                                  _EPISODES.value))
+    if policy.agent not in evaluators:
+      evaluators[policy.agent] = evaluation.make_evaluator(env, policy.agent, steps, per_goal=True,
+                                                           values=first.goal_values)
+    results[name] = evaluation.summarize(evaluators[policy.agent](params[name], policy.normalizers,
+                                                                  jax.random.key(seed), goals, _EPISODES.value))
     print(f"{name}: success {results[name]['success']:.3f}, step completion {results[name]['step_completion']:.2f}",
           flush=True)
   count = {name: evaluation.success_count(summary) for name, summary in results.items()}
-  p_values = {name: evaluation.success_lead_p_value(count[name], results[name]['episodes'], count['ril'],
-                                                    results['ril']['episodes'])
-              for name in results if name != 'ril' and 'ril' in results}
+  reference = next(iter(results))
+  p_values = {name: evaluation.success_lead_p_value(count[name], results[name]['episodes'], count[reference],
+                                                    results[reference]['episodes'])
+              for name in results if name != reference}
   out = _OUT.value or os.path.join(workdir, 'evaluation', output_name(backend, seed, _EPISODES.value, steps,
                                                                     goals, list(policies), _RRF_STEP.value))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   record = {'workdir': workdir, 'seed': seed, 'episodes': _EPISODES.value, 'episode_steps': steps,
             'backend': backend, 'rrf_step': _RRF_STEP.value, 'goals': goals, 'results': results,
-            'success_lead_over_ril_p': p_values}
+            'success_lead_over': reference, 'success_lead_p': p_values}
   write_atomic(out + '.json', lambda f: f.write(json.dumps(record, indent=1).encode()))
   text = report(workdir, seed, _EPISODES.value, steps, results, p_values, goals)
   write_atomic(out + '.md', lambda f: f.write(text.encode()))

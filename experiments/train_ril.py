@@ -145,8 +145,9 @@ def _trainer(env, demos, device_demos, config: train.BCConfig, goal_values):
       with open(_summary_path(name)) as f:
         return json.load(f), agent, state
     start = time.perf_counter()
-    result = evaluation.summarize(evaluate(state.average, state.normalizers, jax.random.key(1000 + seed),
-                                           _goals(), _CONFIG.value.eval_episodes))
+    reset_key = jax.random.key(phases.TABLE_EVAL_SEED + seed)
+    result = evaluation.summarize(evaluate(state.average, state.normalizers, reset_key, _goals(),
+                                           _CONFIG.value.eval_episodes))
     result.update(train_seconds=_train_seconds(name), eval_seconds=time.perf_counter() - start)
     record = json.dumps(result).encode()
     write_atomic(_summary_path(name), lambda f: f.write(record))

@@ -320,14 +320,26 @@ class Policy(NamedTuple):
   goal_values: dict[str, tuple[float, ...]]  # the element values of the run's goal states
 
 
-def load_table_run(workdir: str, method: str, seed: int) -> tuple[Policy, train.BCConfig]:
-  """The agent of run (method, seed) of an experiments/train_ril.py workdir, acting with its weight
-  average, with the table's goals and goal values, and its config (from its results.json)."""
+TABLE_EVAL_SEED = 1000  # train_ril.py evaluates seed k's run from reset key TABLE_EVAL_SEED + k
+
+
+def read_table(workdir: str) -> dict:
+  """An experiments/train_ril.py workdir's results.json: its config, each method's BCConfig
+  ('configs'), goal values and per-seed summaries ('results': {method: [seed 0's, seed 1's, ...]})."""
   path = os.path.join(workdir, 'results.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} is missing: is {workdir} a train_ril.py workdir whose command finished?')
   with open(path) as f:
     results = json.load(f)
+  if 'configs' not in results:
+    raise ValueError(f'{path} is not a train_ril.py table (it has no "configs").')
+  return results
+
+
+def load_table_run(workdir: str, method: str, seed: int) -> tuple[Policy, train.BCConfig]:
+  """The agent of run (method, seed) of an experiments/train_ril.py workdir, acting with its weight
+  average, with the table's goals and goal values, and its config (from its results.json)."""
+  results = read_table(workdir)
   if method not in results['configs']:
     raise ValueError(f'{workdir} has no {method!r} runs; it has {sorted(results["configs"])}.')
   config = train.config_from_dict(results['configs'][method])

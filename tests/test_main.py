@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 
 import jax
 import numpy as np
@@ -391,7 +392,7 @@ def test_evaluate_runs_every_agent_on_the_same_resets(smoke_run, kept_run):
   for name, params in (('ril', copies), ('rrf_last', last)):
     assert results[name] == evaluation.summarize(per_goal(params, normalizers, jax.random.key(seed), goals, 1)), name
   count = lambda name: round(results[name]['success'] * len(goals))
-  assert record['success_lead_over_ril_p'] == {
+  assert record['success_lead_over'] == 'ril' and record['success_lead_p'] == {
       name: evaluation.success_lead_p_value(count(name), len(goals), count('ril'), len(goals))
       for name in ('rrf', 'rrf_last')}
   assert '| microwave-kettle-topknob-hinge |' in written[1].read_text()
@@ -535,6 +536,26 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
     assert probed['prefix_exact'] == 1.0 and probed['done'] == np.mean([r['done'] for r in rows])
     assert all(r['steps'] is None or 0 < r['steps'] <= 5 for r in rows)
     assert sum(group['n'] for group in probed['by_element'].values()) == 8
+  # experiments/evaluate.py on the table: the named runs on the same resets, by default the key train_ril
+  # used for seed 0 and the table's episode length; a run the table lacks, or an RRF step, is refused.
+  evaluate = lambda *args: subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'evaluate.py'),
+                                           f'--workdir={tmp_path / "table"}', '--episodes=2', *args], cwd=REPO,
+                                          env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                                          timeout=600)
+  process = evaluate('--agents=gcbc_seed0,ril_seed0')
+  assert process.returncode == 0, process.stderr[-3000:]
+  written = sorted((tmp_path / 'table' / 'evaluation').iterdir())
+  name = (f'cpu_seed{phases.TABLE_EVAL_SEED}_2x10_1goals-{zlib.crc32(b"microwave-kettle-topknob-hinge"):08x}_'
+          'gcbc_seed0+ril_seed0')
+  assert [path.name for path in written] == [name + '.json', name + '.md']
+  record = json.loads(written[0].read_text())
+  assert list(record['results']) == ['gcbc_seed0', 'ril_seed0'] and record['success_lead_over'] == 'gcbc_seed0'
+  assert all(r['episodes'] == 2 and r['nan_steps'] == 0 for r in record['results'].values())
+  assert list(record['success_lead_p']) == ['ril_seed0'] and '## Success lead over gcbc_seed0' in written[1].read_text()
+  for args, message in ((('--agents=ril_seed1',), "some of ['ril_seed0', 'gcbc_seed0', 'gcbc_final_seed0']"),
+                        (('--rrf_step=2',), '--rrf_step is for a main-job run')):
+    refused = evaluate(*args)
+    assert refused.returncode != 0 and message in refused.stderr, (args, refused.stderr[-2000:])
   # The same workdir with another setting would mix two experiments in one table: refused.
   refused = train_ril(tmp_path / 'table', '--config.corrective_noise=0.1')
   assert refused.returncode != 0 and 'corrective_noise=0.05 there, 0.1 here' in refused.stderr, refused.stderr[-2000:]
