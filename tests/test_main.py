@@ -464,8 +464,8 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
   """experiments/train_ril.py on the smoke run's demos: every Table 1 method trains and is evaluated,
   and the tables list them beside the paper's numbers; each run logs its curve and checkpoints its state;
   rerunning resumes an interrupted run to the same numbers, reads the evaluated ones back and refuses
-  runs made with other settings; a method outside Table 1, or no method, no episodes, a repeated goal
-  or a negative video count fails before training."""
+  runs made with other settings; evaluate.py and probe_elements.py take its runs; a method outside
+  Table 1, or no method, no episodes, a repeated goal or a negative video count fails before training."""
   def train_ril(workdir, *flags):
     return subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'train_ril.py'), f'--workdir={workdir}',
                            f'--config.demos={smoke_run / "demos"}', '--config.seeds=1', '--config.train_steps=2',
