@@ -138,7 +138,7 @@ def output_name(backend: str, seed: int, episodes: int, steps: int, goals: tuple
   return f'{backend}_seed{seed}_{episodes}x{steps}_{goal_tag}_{"+".join(agents)}{step_tag}'
 
 
-def report(workdir: str, seed: int, episodes: int, steps: int, results: dict[str, dict],
+def report(workdir: str, seed: int, episodes: int, steps: int, results: dict[str, dict], reference: str,
            p_values: dict[str, float], goals: tuple[str, ...]) -> str:
   """Markdown: the per-goal table, the per-element completion and the p-values."""
   elements = list(next(iter(results.values()))['per_element'])
@@ -150,7 +150,6 @@ def report(workdir: str, seed: int, episodes: int, steps: int, results: dict[str
                     for e in elements))
   if p_values:
     count = {name: evaluation.success_count(summary) for name, summary in results.items()}
-    reference = next(iter(results))
     text += f'\n## Success lead over {reference} (one-sided Fisher exact test)\n\n' + ''.join(
         f"- {name}: {count[name]} of {results[name]['episodes']} against {count[reference]}, p = {p:.2g}\n"
         for name, p in p_values.items())
@@ -204,7 +203,7 @@ def main(argv):
             'backend': backend, 'rrf_step': _RRF_STEP.value, 'goals': goals, 'results': results,
             'success_lead_over': reference, 'success_lead_p': p_values}
   write_atomic(out + '.json', lambda f: f.write(json.dumps(record, indent=1).encode()))
-  text = report(workdir, seed, _EPISODES.value, steps, results, p_values, goals)
+  text = report(workdir, seed, _EPISODES.value, steps, results, reference, p_values, goals)
   write_atomic(out + '.md', lambda f: f.write(text.encode()))
   print(text)
   print(f'wrote {out}.json and {out}.md')
