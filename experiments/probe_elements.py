@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs.kitchen import KitchenConfig, KitchenEnv, model, tasks
+from envs.kitchen import KitchenConfig, KitchenEnv, tasks
 from rpl_jax import logs, phases, rollout
 from rpl_jax.checkpoint import CheckpointError
 from rpl_jax.data import load_padded, read_element_steps, read_metadata
@@ -114,8 +114,7 @@ def main(argv):
   position = np.tile(np.arange(4), len(seeds))
   t0 = np.where(position == 0, 0, element_steps[demo_index, np.maximum(position - 1, 0)]).astype(np.int32)
   num_steps = int(t0.max()) + _BUDGET.value
-  env_config = dict(meta['config']['env'], physics=model.PhysicsConfig(**meta['config']['env']['physics']))
-  env = KitchenEnv(KitchenConfig(**{**env_config, 'horizon': num_steps + 1}))
+  env = KitchenEnv(KitchenConfig.from_dict(meta['config']['env'], horizon=num_steps + 1))
   goals = np.stack([tasks.goal_state(orders[d], values=policy.goal_values) for d in demo_index]).astype(np.float32)
   run = jax.jit(jax.vmap(functools.partial(episode, env, policy.agent, policy.params, policy.normalizers,
                                            config.relabel.window_low,

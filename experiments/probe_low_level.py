@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs.kitchen import KitchenConfig, KitchenEnv, model, tasks
+from envs.kitchen import KitchenConfig, KitchenEnv, tasks
 from rpl_jax import relabel, rollout, train
 from rpl_jax.data import PaddedDemos, load_padded, read_metadata
 from rpl_jax.data.play import demo_keys
@@ -58,8 +58,7 @@ ARM = slice(0, tasks.ARM_DOF)
 
 def dataset_env(meta: dict) -> KitchenEnv:
   """The env the dataset was recorded in (its metadata's env config)."""
-  config = dict(meta['config']['env'], physics=model.PhysicsConfig(**meta['config']['env']['physics']))
-  return KitchenEnv(KitchenConfig(**config))
+  return KitchenEnv(KitchenConfig.from_dict(meta['config']['env']))
 
 
 def held_out_plays(meta: dict, held_out: int) -> tuple[np.ndarray, list, np.ndarray]:

@@ -1,5 +1,8 @@
 """The env's pure reset/step on the C MuJoCo backend (fast to compile): shapes, semantics, bad input."""
 
+import dataclasses
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,3 +133,14 @@ def test_bad_input_errors(microwave_goal):
     KitchenConfig(backend='gpu')
   with pytest.raises(ValueError, match='horizon'):
     KitchenConfig(horizon=0)
+
+
+def test_config_from_dict_inverts_asdict_through_json():
+  """A dataset's metadata stores its env config as `dataclasses.asdict` through JSON; probes rebuild it."""
+  config = KitchenConfig(backend='cpu', horizon=900, reset_noise_scale=0.005,
+                         physics=kitchen_model.PhysicsConfig(timestep=0.008, substeps=10, iterations=6))
+  stored = json.loads(json.dumps(dataclasses.asdict(config)))
+  assert KitchenConfig.from_dict(stored) == config
+  assert KitchenConfig.from_dict(stored, horizon=31) == dataclasses.replace(config, horizon=31)
+  with pytest.raises(TypeError, match='unexpected keyword'):
+    KitchenConfig.from_dict({**stored, 'frame_skip': 5})

@@ -51,6 +51,11 @@ class KitchenConfig:
       if getattr(self, name) < 0:
         raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}.')
 
+  @classmethod
+  def from_dict(cls, config: dict[str, Any], **overrides) -> 'KitchenConfig':
+    """The inverse of `dataclasses.asdict`, e.g. of the env config a demo dataset records in its metadata."""
+    return cls(**{**config, 'physics': kitchen_model.PhysicsConfig(**config['physics']), **overrides})
+
 
 @struct.dataclass
 class State:
