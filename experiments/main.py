@@ -51,6 +51,8 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', 0, 'Multi-host: this process (0
 
 IMITATION = {'ril': 'RIL', 'gcbc': 'GCBC', 'gcbc_final': 'BC', 'oracle': 'oracle-segmented IL'}  # report names of the imitation phase's methods
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_VIDEOS = ('None: `eval.videos` is 0. The job sets it to 0, with a warning in its log, where offscreen '
+             'rendering is unavailable (README, "Play demonstrations").\n')
 
 
 def command_line_overrides() -> dict:
@@ -214,7 +216,7 @@ def main(argv, config=None, workdir: str | None = None):
             'Paper, Table 1 (17 goals, human demos): RIL 21.7 % / 2.4.\n\n' + goal_note(configs.goal_values, goal_values) + '\n\n'
             + evaluation.markdown_table(results, goals) + kept_note(kept) +
             '\n## Learning curves\n\n' + ''.join(f'![{p}]({p})\n\n' for p in pngs) +
-            '## Videos\n\n' + ''.join(f'- [{g}]({g})\n' for g in gifs) +
+            '## Videos\n\n' + (''.join(f'- [{g}]({g})\n' for g in gifs) or NO_VIDEOS) +
             '\n## Files\n\nmetrics_<phase>.jsonl, tensorboard/ (`tensorboard --logdir ' + os.path.join(workdir, 'tensorboard')
             + '`), <phase>/checkpoints/, run_info.json (versions, devices), results.json.\n\n'
             '## Versions and devices\n\n' + ', '.join(f'{k} {v}' for k, v in info['packages'].items()) +

@@ -216,6 +216,11 @@ def test_smoke_preset_writes_the_report(smoke_run):
                'Goal states (`goal_values=demos`)'):
     assert text in report
   assert glob.glob(str(smoke_run / '*.png'))
+  # The smoke preset asks for one video: the report links it, or says why there is none (no OpenGL).
+  videos = report[report.index('## Videos'):report.index('## Files')]
+  gifs = glob.glob(str(smoke_run / 'distilled_*.gif'))
+  linked = f'[{os.path.basename(gifs[0])}]' in videos if gifs else _compare_module().main.NO_VIDEOS in videos
+  assert len(gifs) <= 1 and linked
   for phase in ('ril', 'rrf', 'distill'):
     assert glob.glob(str(smoke_run / 'tensorboard' / phase / 'events.out.tfevents.*'))
   info = json.loads((smoke_run / 'run_info.json').read_text())
