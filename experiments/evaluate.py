@@ -10,9 +10,8 @@ the last); `rrf_last`, the parameters RRF trained to, whatever it kept; `distill
 (default: ril,rrf,distill). Of an experiments/train_ril.py workdir: `<method>_seed<k>`, each run's
 weight average (default: every run). They run through one per-goal evaluator (a shared agent's
 parameters copied to every goal) on the same goals and reset keys, so each goal's episodes start
-alike for every agent and identical parameters score identically. The main job's report and
-train_ril.py run shared agents through another evaluator, whose batch shape differs, so their
-numbers can differ by a few episodes (BUILD_NOTES.md, "Keeping the best monitored agent").
+alike for every agent and identical parameters score identically, as in the main job's report and
+train_ril.py's table for the same goals, seed and episodes (evaluation.make_evaluator).
 
 The goals default to the run's RRF goals when an RRF agent is asked for, else its evaluation goals;
 the evaluation seed, episode length and backend default to the run's (a train_ril.py workdir's seed:
@@ -120,7 +119,7 @@ def per_goal_agent(name: str) -> bool:
 def stacked(name: str, policy: phases.Policy, goals: tuple[str, ...]):
   """[G, ...] parameters for `goals`: an RRF agent's rows for them, or copies of a shared agent's."""
   if not per_goal_agent(name):
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (len(goals),) + x.shape), policy.params)
+    return evaluation.tiled(policy.params, len(goals))
   missing = [goal for goal in goals if goal not in policy.goals]
   if missing:
     raise app.UsageError(f'the RRF agents cover {list(policy.goals)}, not {missing}: pass --goals within them, '
@@ -139,8 +138,8 @@ def output_name(backend: str, seed: int, episodes: int, steps: int, goals: tuple
 
 
 def report(workdir: str, seed: int, episodes: int, steps: int, results: dict[str, dict], reference: str,
-           p_values: dict[str, float], goals: tuple[str, ...]) -> str:
-  """Markdown: the per-goal table, the per-element completion and the p-values."""
+           leads: dict[str, dict], goals: tuple[str, ...]) -> str:
+  """Markdown: the per-goal table, the per-element completion and the success leads."""
   elements = list(next(iter(results.values()))['per_element'])
   text = (f'# Evaluation of {workdir}\n\n{episodes} episodes per goal, {steps} steps, mean actions, evaluation '
           f'seed {seed}, the same resets for every agent. Cells: success % / step completion.\n\n'
@@ -148,11 +147,8 @@ def report(workdir: str, seed: int, episodes: int, steps: int, results: dict[str
           'goal has it)\n\n| element | ' + ' | '.join(results) + ' |\n|' + '---|' * (1 + len(results)) + '\n'
           + ''.join(f'| {e} | ' + ' | '.join(f"{100 * s['per_element'][e]:.0f}" for s in results.values()) + ' |\n'
                     for e in elements))
-  if p_values:
-    count = {name: evaluation.success_count(summary) for name, summary in results.items()}
-    text += f'\n## Success lead over {reference} (one-sided Fisher exact test)\n\n' + ''.join(
-        f"- {name}: {count[name]} of {results[name]['episodes']} against {count[reference]}, p = {p:.2g}\n"
-        for name, p in p_values.items())
+  if leads:
+    text += evaluation.leads_markdown(leads, reference)
   return text
 
 
@@ -191,19 +187,17 @@ def main(argv):
                                                                   jax.random.key(seed), goals, _EPISODES.value))
     print(f"{name}: success {results[name]['success']:.3f}, step completion {results[name]['step_completion']:.2f}",
           flush=True)
-  count = {name: evaluation.success_count(summary) for name, summary in results.items()}
   reference = next(iter(results))
-  p_values = {name: evaluation.success_lead_p_value(count[name], results[name]['episodes'], count[reference],
-                                                    results[reference]['episodes'])
-              for name in results if name != reference}
+  leads = {name: evaluation.success_lead(results[name], results[reference]) for name in results if name != reference}
   out = _OUT.value or os.path.join(workdir, 'evaluation', output_name(backend, seed, _EPISODES.value, steps,
                                                                     goals, list(policies), _RRF_STEP.value))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   record = {'workdir': workdir, 'seed': seed, 'episodes': _EPISODES.value, 'episode_steps': steps,
             'backend': backend, 'rrf_step': _RRF_STEP.value, 'goals': goals, 'results': results,
-            'success_lead_over': reference, 'success_lead_p': p_values}
+            'success_lead_over': reference,
+            'success_lead_p': {name: lead['p'] for name, lead in leads.items()}}
   write_atomic(out + '.json', lambda f: f.write(json.dumps(record, indent=1).encode()))
-  text = report(workdir, seed, _EPISODES.value, steps, results, reference, p_values, goals)
+  text = report(workdir, seed, _EPISODES.value, steps, results, reference, leads, goals)
   write_atomic(out + '.md', lambda f: f.write(text.encode()))
   print(text)
   print(f'wrote {out}.json and {out}.md')

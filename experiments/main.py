@@ -180,22 +180,27 @@ def main(argv, config=None, workdir: str | None = None):
   steps, episodes, key = config.eval.episode_steps, config.eval.episodes, jax.random.key(config.eval.seed)
   shared = evaluation.make_evaluator(env, agent, steps, values=goal_values)
   per_goal = evaluation.make_evaluator(env, agent, steps, per_goal=True, values=goal_values)
+  imitation, fine_tuned = IMITATION[config.ril.method], f'RRF per goal ({config.rrf.variant})'
   results = {
-      IMITATION[config.ril.method]: evaluation.summarize(
-          shared(ril_params, normalizers, key, configs.eval_goals, episodes)),
-      f'RRF per goal ({config.rrf.variant})': evaluation.summarize(
-          per_goal(tuned_params, normalizers, key, configs.rrf_goals, episodes)),
+      imitation: evaluation.summarize(shared(ril_params, normalizers, key, configs.eval_goals, episodes)),
+      fine_tuned: evaluation.summarize(per_goal(tuned_params, normalizers, key, configs.rrf_goals, episodes)),
       'distilled': evaluation.summarize(shared(distilled, normalizers, key, configs.eval_goals, episodes)),
       'nearest neighbour': evaluation.summarize(
           nearest_neighbour.make_evaluator(env, steps, goal_values)(demos, key, configs.eval_goals, episodes)),
   }
+  # Each lead compares episodes from the same resets: the imitation agent is run on the RRF goals too where
+  # those are not its evaluation goals (a goal's resets follow from its place in the list).
+  ril_on_rrf_goals = results[imitation] if configs.rrf_goals == configs.eval_goals else evaluation.summarize(
+      shared(ril_params, normalizers, key, configs.rrf_goals, episodes))
+  leads = {fine_tuned: evaluation.success_lead(results[fine_tuned], ril_on_rrf_goals),
+           'distilled': evaluation.success_lead(results['distilled'], results[imitation])}
   gifs = [os.path.basename(path) for path in evaluation.write_videos(
       env, agent, distilled, normalizers, configs.eval_goals[:config.eval.videos], steps, True, workdir, 'distilled',
       goal_values)
   ] if config.eval.videos else []
   pngs = [] if config.ril.from_workdir else [
       curve(workdir, 'ril', ['nll_low', 'nll_high'][:len(agent.levels)],
-            f'{IMITATION[config.ril.method]}: negative log-likelihood', 'ril_curve.png')]
+            f'{imitation}: negative log-likelihood', 'ril_curve.png')]
   sampled_and_mean = lambda name: (name, f'deterministic/{name}')
   diagnostics = ['low/q_loss', 'low/mean_weight'] if config.rrf.variant == 'awopt' else [
       sampled_and_mean('low/reward'), 'low/kl']
@@ -206,7 +211,8 @@ def main(argv, config=None, workdir: str | None = None):
       for goal, updates, success in zip(configs.rrf_goals, *kept_scores)}
   write_atomic(os.path.join(workdir, 'results.json'),
                lambda f: f.write(json.dumps({'config': run_config, 'goal_values': goal_values, 'results': results,
-                                             'rrf_kept': kept}, indent=1).encode()))
+                                             'success_lead_over_imitation': leads, 'rrf_kept': kept},
+                                            indent=1).encode()))
   goals = list(dict.fromkeys(configs.rrf_goals + configs.eval_goals))
   report = (f'# rpl_jax run: {workdir}\n\npreset `{config.preset}`, seed {config.seed} (evaluation seed '
             f'{config.eval.seed}), {env.backend} backend, {len(demos.lengths)} demos.\n\n'
@@ -214,7 +220,8 @@ def main(argv, config=None, workdir: str | None = None):
             'Cells: success % / step completion. The RRF column covers its fine-tuned goals only; nearest '
             'neighbour replays the demo whose final state is closest to the goal, open loop. '
             'Paper, Table 1 (17 goals, human demos): RIL 21.7 % / 2.4.\n\n' + goal_note(configs.goal_values, goal_values) + '\n\n'
-            + evaluation.markdown_table(results, goals) + kept_note(kept) +
+            + evaluation.markdown_table(results, goals) + kept_note(kept)
+            + evaluation.leads_markdown(leads, imitation) +
             '\n## Learning curves\n\n' + ''.join(f'![{p}]({p})\n\n' for p in pngs) +
             '## Videos\n\n' + (''.join(f'- [{g}]({g})\n' for g in gifs) or NO_VIDEOS) +
             '\n## Files\n\nmetrics_<phase>.jsonl, tensorboard/ (`tensorboard --logdir ' + os.path.join(workdir, 'tensorboard')

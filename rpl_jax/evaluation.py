@@ -65,23 +65,29 @@ def make_evaluator(env, agent: Agent, num_steps: int, deterministic: bool = True
   """`evaluate(params, normalizers, key, goals, episodes) -> Evaluation`, compiled once per number
   of goals and episodes; the agent is given goal_states(goals, values). With `per_goal`, params are
   stacked per goal ([G, ...], in the order of `goals`, as RRF's per-goal fine-tuning leaves them)
-  and each goal runs its own agent."""
+  and each goal runs its own agent; otherwise every goal runs copies of the one agent (`tiled`).
+  Both go through the same per-goal rollout, so identical parameters score identically either way."""
   rollout = functools.partial(agent_rollout, env, agent, num_steps=num_steps, deterministic=deterministic)
-  if per_goal:
-    rollout = jax.vmap(rollout, in_axes=(0, None, 0, 0))
-  rollout = jax.jit(rollout)
+  rollout = jax.jit(jax.vmap(rollout, in_axes=(0, None, 0, 0)))
 
   def evaluate(params, normalizers, key: jax.Array, goals: Sequence[str], episodes: int) -> Evaluation:
     goals = check_goals(goals, episodes)
     shape = (len(goals), episodes)
-    if per_goal and any(leaf.shape[:1] != (len(goals),) for leaf in jax.tree.leaves(params)):
+    if not per_goal:
+      params = tiled(params, len(goals))
+    elif any(leaf.shape[:1] != (len(goals),) for leaf in jax.tree.leaves(params)):
       raise ValueError(f'per-goal params must be stacked over the {len(goals)} goals on their leading axis.')
-    batch = shape if per_goal else (len(goals) * episodes,)
-    keys = jax.random.split(key, batch)
-    states = jnp.asarray(np.repeat(goal_states(goals, values), episodes, axis=0)).reshape(batch + (tasks.NQ,))
+    keys = jax.random.split(key, shape)  # goal-major: the same keys as split(key, G * E)
+    states = jnp.asarray(np.repeat(goal_states(goals, values), episodes, axis=0)).reshape(shape + (tasks.NQ,))
     return from_trajectory(goals, episodes, rollout(params, normalizers, keys, states))
 
   return evaluate
+
+
+def tiled(params, copies: int):
+  """[copies, ...]: one agent's parameters as per-goal parameters, materialised (outside any jit),
+  so that the rollout batches them exactly as it batches fine-tuned ones."""
+  return jax.tree.map(lambda x: jnp.broadcast_to(x, (copies,) + x.shape), params)
 
 
 def check_goals(goals: Sequence[str], episodes: int = 1) -> tuple[str, ...]:
@@ -141,6 +147,21 @@ def markdown_table(results: Mapping[str, dict], goals: Sequence[str]) -> str:
 def success_count(summary: Mapping) -> int:
   """The successful episodes behind a `summarize`d success rate."""
   return round(summary['success'] * summary['episodes'])
+
+
+def success_lead(summary: Mapping, reference: Mapping) -> dict:
+  """`summary`'s successes against `reference`'s, both `summarize`d on the same goals and resets:
+  the counts and the one-sided Fisher p-value that the first leads (success_lead_p_value)."""
+  lead = {'successes': success_count(summary), 'episodes': summary['episodes'],
+          'reference_successes': success_count(reference), 'reference_episodes': reference['episodes']}
+  return lead | {'p': success_lead_p_value(*lead.values())}
+
+
+def leads_markdown(leads: Mapping[str, dict], reference: str) -> str:
+  """A markdown section listing `success_lead`s over the agent named `reference`."""
+  return f'\n## Success lead over {reference} (one-sided Fisher exact test, the same resets)\n\n' + ''.join(
+      f"- {name}: {lead['successes']} of {lead['episodes']} against {lead['reference_successes']} of "
+      f"{lead['reference_episodes']}, p = {lead['p']:.2g}\n" for name, lead in leads.items())
 
 
 def success_lead_p_value(successes: int, episodes: int, other_successes: int, other_episodes: int) -> float:

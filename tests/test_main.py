@@ -225,8 +225,14 @@ def test_smoke_preset_writes_the_report(smoke_run):
     assert glob.glob(str(smoke_run / 'tensorboard' / phase / 'events.out.tfevents.*'))
   info = json.loads((smoke_run / 'run_info.json').read_text())
   assert info['extra']['eval_seed'] != info['extra']['seed'] or info['extra']['seed'] is None
-  results = json.loads((smoke_run / 'results.json').read_text())['results']
+  written = json.loads((smoke_run / 'results.json').read_text())
+  results = written['results']
   assert results['RIL']['episodes'] == 17 and results['RRF per goal (iril)']['episodes'] == 2
+  # Leads over RIL on the same resets: the distilled agent's on the 17 goals; RRF's on its own 2 goals, over RIL
+  # run on those (checked against experiments/evaluate.py in test_evaluate_runs_every_agent_on_the_same_resets).
+  leads = written['success_lead_over_imitation']
+  assert leads['distilled'] == evaluation.success_lead(results['distilled'], results['RIL'])
+  assert leads['RRF per goal (iril)']['reference_episodes'] == 2 and '## Success lead over RIL' in report
   assert results['nearest neighbour']['episodes'] == 17
   rrf = [json.loads(line) for line in (smoke_run / 'metrics_rrf.jsonl').read_text().splitlines()]
   assert [r['step'] for r in rrf] == [1, 2, 3]
@@ -386,7 +392,11 @@ def test_evaluate_runs_every_agent_on_the_same_resets(smoke_run, kept_run):
   results = record['results']
   goals = tuple(main_config.get_config('smoke').rrf.goals.split(','))
   assert tuple(record['goals']) == goals
-  assert results['rrf'] == json.loads((kept_run / 'results.json').read_text())['results']['RRF per goal (iril)']
+  report = json.loads((kept_run / 'results.json').read_text())
+  assert results['rrf'] == report['results']['RRF per goal (iril)']
+  # The report's RRF lead is over RIL run on the RRF goals, from the same resets as here.
+  assert report['success_lead_over_imitation']['RRF per goal (iril)'] == evaluation.success_lead(results['rrf'],
+                                                                                                 results['ril'])
   agent, _, normalizers, _, goal_values = phases.load_policy(str(kept_run), 'ril')
   configs = phases.build(config_dict.ConfigDict(config))
   ril_state = load_state(str(smoke_run / 'ril' / 'checkpoints'), phases._ril_target(agent, configs.bc))

@@ -420,3 +420,12 @@ def test_success_lead_p_value_equals_enumerating_every_split_of_the_episodes():
   for bad in [(3, 2, 0, 5), (-1, 5, 0, 5), (1.5, 5, 0, 5)]:
     with pytest.raises(ValueError, match='counts'):
       evaluation.success_lead_p_value(*bad)
+
+
+def test_success_lead_counts_the_episodes_behind_both_rates():
+  summary = lambda successes, episodes: {'success': successes / episodes, 'episodes': episodes}
+  lead = evaluation.success_lead(summary(7, 30), summary(2, 17))
+  assert lead == {'successes': 7, 'episodes': 30, 'reference_successes': 2, 'reference_episodes': 17,
+                  'p': evaluation.success_lead_p_value(7, 30, 2, 17)}
+  text = evaluation.leads_markdown({'DAPG': lead}, 'RIL')
+  assert '## Success lead over RIL' in text and f"- DAPG: 7 of 30 against 2 of 17, p = {lead['p']:.2g}\n" in text
