@@ -25,7 +25,7 @@ import numpy as np
 from matplotlib import pyplot as plt
 
 import main  # experiments/main.py, beside this file: its --config and --workdir flags
-from rpl_jax import phases, rrf
+from rpl_jax import evaluation, phases, rrf
 from rpl_jax.files import write_atomic
 
 WINDOWS = (10, 30, 60, 120)
@@ -50,6 +50,7 @@ METHODS = {  # name -> main-job config overrides
     **{f'rpl_dapg_{r}': {'rrf.variant': 'dapg', 'rrf.low_reward': r} for r in REWARDS},
 }
 AGENTS = ('imitation', 'rrf', 'distilled', 'nearest neighbour')  # the columns of a run's evaluation
+LEAD_KINDS = ('rrf', 'distilled')  # whose success lead over the imitation agent a run's report gives
 
 _METHODS = flags.DEFINE_list('methods', ['rpl_dapg', 'gcbc_ft', 'bc_ft'], f"Methods, or 'all': {sorted(METHODS)}.")
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Training seeds of every method.')
@@ -79,16 +80,21 @@ def run_results(workdir: str) -> dict:
   rrf_key = next(k for k in saved['results'] if k.startswith('RRF'))
   imitation_key = main.IMITATION[saved['config']['ril']['method']]
   by_kind = dict(zip(AGENTS, (saved['results'][k] for k in (imitation_key, rrf_key, 'distilled', 'nearest neighbour'))))
+  leads = saved.get('success_lead_over_imitation')  # absent from runs written before the report had it
+  if leads is not None:
+    leads = {'rrf': leads[rrf_key], 'distilled': leads['distilled']}
   r = saved['config']['rrf']
   env_steps_per_iteration = len(phases.goal_list(r['goals'])) * r['num_envs'] * r['episode_steps']
   with open(os.path.join(workdir, 'metrics_rrf.jsonl')) as f:
     curve = [json.loads(line) for line in f]
-  return {'agents': by_kind, 'env_steps': [c['step'] * env_steps_per_iteration for c in curve],
+  return {'agents': by_kind, 'leads': leads, 'env_steps': [c['step'] * env_steps_per_iteration for c in curve],
           **{name: [c[name] for c in curve] for name in rrf.CURVES if name in curve[0]}}
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
-  """Per method and agent kind: mean and std over seeds of success and step completion."""
+  """Per method and agent kind: mean and std over seeds of success and step completion; per fine-tuned
+  kind (LEAD_KINDS), its success lead over the imitation agent with every seed's episodes pooled
+  (evaluation.pooled_lead; None where a run predates the report's leads)."""
   table = {}
   for method, seeds in runs.items():
     table[method] = {}
@@ -97,6 +103,9 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
         values = [s['agents'][kind][metric] for s in seeds]
         table[method][f'{kind}/{metric}'] = {'mean': float(np.mean(values)), 'std': float(np.std(values)),
                                              'seeds': len(values)}
+    for kind in LEAD_KINDS:
+      leads = [None if s['leads'] is None else s['leads'][kind] for s in seeds]
+      table[method][f'{kind}/lead'] = None if None in leads else evaluation.pooled_lead(leads)
   return table
 
 
@@ -107,7 +116,17 @@ def markdown(table: dict[str, dict]) -> str:
     s, c = row[f'{kind}/success'], row[f'{kind}/step_completion']
     return f"{100 * s['mean']:.0f} +- {100 * s['std']:.0f} % / {c['mean']:.2f} +- {c['std']:.2f}"
 
-  return header + ''.join(f'| {m} | ' + ' | '.join(cell(row, k) for k in AGENTS) + ' |\n' for m, row in table.items())
+  def lead(row, kind):
+    counts = row[f'{kind}/lead']
+    return 'not recorded' if counts is None else (
+        f"{counts['successes']} of {counts['episodes']} against {counts['reference_successes']} of "
+        f"{counts['reference_episodes']}, p = {counts['p']:.2g}")
+
+  leads = ('\n| method | ' + ' | '.join(f'{kind}: successes against imitation' for kind in LEAD_KINDS) + ' |\n|'
+           + '---|' * (1 + len(LEAD_KINDS)) + '\n'
+           + ''.join(f'| {m} | ' + ' | '.join(lead(row, k) for k in LEAD_KINDS) + ' |\n' for m, row in table.items()))
+  return (header + ''.join(f'| {m} | ' + ' | '.join(cell(row, k) for k in AGENTS) + ' |\n' for m, row in table.items())
+          + leads)
 
 
 def plot_curves(runs: dict[str, list[dict]], path: str) -> None:
@@ -184,8 +203,10 @@ def compare(argv):
             f'({base.demos.path}) and one evaluation (seed {base.eval.seed}).\n\nCells: success % / step completion, '
             'mean +- std over seeds. imitation: RIL, or GCBC / BC for the flat baselines; rrf: the per-goal '
             'fine-tuned agents on their goals; distilled: one agent on every evaluation goal; nearest '
-            "neighbour: the closest demo replayed open loop.\n\nThe paper's ordering (its Fig. 6): RPL variants > "
-            'flat fine-tuning > pre-train-low-level > HIRO, and closed-loop RPL > nearest neighbour.\n\n'
+            "neighbour: the closest demo replayed open loop. The second table pools the seeds' episodes: "
+            "successes against the imitation agent's on the same resets, and the one-sided Fisher p-value of "
+            "the lead, which takes every episode as an independent draw.\n\nThe paper's ordering (its Fig. 6): "
+            'RPL variants > flat fine-tuning > pre-train-low-level > HIRO, and closed-loop RPL > nearest neighbour.\n\n'
             + markdown(table) + '\n' + ''.join(f'![{f}]({f})\n\n' for f in figures))
   write_atomic(os.path.join(workdir, 'compare.md'), lambda f: f.write(report.encode()))
   write_atomic(os.path.join(workdir, 'compare.json'),

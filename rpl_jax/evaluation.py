@@ -149,12 +149,22 @@ def success_count(summary: Mapping) -> int:
   return round(summary['success'] * summary['episodes'])
 
 
+LEAD_COUNTS = ('successes', 'episodes', 'reference_successes', 'reference_episodes')
+
+
 def success_lead(summary: Mapping, reference: Mapping) -> dict:
   """`summary`'s successes against `reference`'s, both `summarize`d on the same goals and resets:
-  the counts and the one-sided Fisher p-value that the first leads (success_lead_p_value)."""
-  lead = {'successes': success_count(summary), 'episodes': summary['episodes'],
-          'reference_successes': success_count(reference), 'reference_episodes': reference['episodes']}
-  return lead | {'p': success_lead_p_value(*lead.values())}
+  the counts (LEAD_COUNTS) and the one-sided Fisher p-value that the first leads (success_lead_p_value)."""
+  counts = (success_count(summary), summary['episodes'], success_count(reference), reference['episodes'])
+  return dict(zip(LEAD_COUNTS, counts)) | {'p': success_lead_p_value(*counts)}
+
+
+def pooled_lead(leads: Sequence[Mapping]) -> dict:
+  """Several `success_lead`s, e.g. one per training seed, as one with their episodes pooled. The test
+  then takes every episode as an independent draw: a spread between seeds beyond the episodes' own
+  is not in its p-value."""
+  counts = [sum(lead[name] for lead in leads) for name in LEAD_COUNTS]
+  return dict(zip(LEAD_COUNTS, counts)) | {'p': success_lead_p_value(*counts)}
 
 
 def leads_markdown(leads: Mapping[str, dict], reference: str) -> str:

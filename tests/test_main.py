@@ -305,6 +305,25 @@ def test_two_processes_train_like_one_and_process_0_writes(smoke_run, tmp_path):
         assert a[name] == pytest.approx(value, rel=1e-3, abs=1e-5, nan_ok=True), (phase, a['step'], name)
 
 
+def test_compare_pools_each_methods_success_leads_over_its_seeds():
+  compare = _compare_module()
+  agents = {kind: {'success': 0.1, 'step_completion': 1.0} for kind in compare.AGENTS}
+  lead = lambda successes, reference: dict(successes=successes, episodes=10, reference_successes=reference,
+                                           reference_episodes=10, p=0.5)
+  runs = {'a': [{'agents': agents, 'leads': {'rrf': lead(3, 1), 'distilled': lead(1, 1)}},
+                {'agents': agents, 'leads': {'rrf': lead(2, 0), 'distilled': lead(0, 0)}}],
+          'b': [{'agents': agents, 'leads': {'rrf': lead(2, 0), 'distilled': lead(0, 0)}},
+                {'agents': agents, 'leads': None}]}  # a run written before reports had leads
+  table = compare.summarize(runs)
+  assert table['a']['rrf/lead'] == dict(successes=5, episodes=20, reference_successes=1, reference_episodes=20,
+                                        p=evaluation.success_lead_p_value(5, 20, 1, 20))
+  assert table['a']['distilled/lead']['successes'] == table['a']['distilled/lead']['reference_successes'] == 1
+  assert table['b']['rrf/lead'] is None and table['b']['distilled/lead'] is None
+  text = compare.markdown(table)
+  assert f"| a | 5 of 20 against 1 of 20, p = {table['a']['rrf/lead']['p']:.2g} |" in text
+  assert '| b | not recorded | not recorded |' in text
+
+
 def test_compare_runs_baselines_through_the_main_job(smoke_run, tmp_path):
   """experiments/compare.py with DAPG-BC (flat BC without relabeling, then DAPG fine-tuning), the
   oracle-segmentation baseline (which reads the generator's element steps) and AW-Opt at the smoke
@@ -322,6 +341,7 @@ def test_compare_runs_baselines_through_the_main_job(smoke_run, tmp_path):
   table = json.loads((tmp_path / 'compare.json').read_text())['table']['dapg_bc']
   assert table['distilled/step_completion']['mean'] == results['results']['distilled']['step_completion']
   assert table['rrf/success']['seeds'] == 1 and (tmp_path / 'curves.png').exists()
+  assert table['rrf/lead'] == results['success_lead_over_imitation']['RRF per goal (dapg)']  # one seed: itself
   # Fig. 6's curves, sampled and (the smoke preset monitors) mean actions, per RRF iteration.
   curves = json.loads((tmp_path / 'compare.json').read_text())['runs']['dapg_bc'][0]
   logged = [json.loads(line) for line in (run / 'metrics_rrf.jsonl').read_text().splitlines()]
