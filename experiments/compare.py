@@ -117,10 +117,7 @@ def markdown(table: dict[str, dict]) -> str:
     return f"{100 * s['mean']:.0f} +- {100 * s['std']:.0f} % / {c['mean']:.2f} +- {c['std']:.2f}"
 
   def lead(row, kind):
-    counts = row[f'{kind}/lead']
-    return 'not recorded' if counts is None else (
-        f"{counts['successes']} of {counts['episodes']} against {counts['reference_successes']} of "
-        f"{counts['reference_episodes']}, p = {counts['p']:.2g}")
+    return 'not recorded' if row[f'{kind}/lead'] is None else evaluation.lead_text(row[f'{kind}/lead'])
 
   leads = ('\n| method | ' + ' | '.join(f'{kind}: successes against imitation' for kind in LEAD_KINDS) + ' |\n|'
            + '---|' * (1 + len(LEAD_KINDS)) + '\n'

@@ -167,11 +167,16 @@ def pooled_lead(leads: Sequence[Mapping]) -> dict:
   return dict(zip(LEAD_COUNTS, counts)) | {'p': success_lead_p_value(*counts)}
 
 
+def lead_text(lead: Mapping) -> str:
+  """A `success_lead` in words: '7 of 30 against 2 of 17, p = 0.14'."""
+  return (f"{lead['successes']} of {lead['episodes']} against {lead['reference_successes']} of "
+          f"{lead['reference_episodes']}, p = {lead['p']:.2g}")
+
+
 def leads_markdown(leads: Mapping[str, dict], reference: str) -> str:
   """A markdown section listing `success_lead`s over the agent named `reference`."""
   return f'\n## Success lead over {reference} (one-sided Fisher exact test, the same resets)\n\n' + ''.join(
-      f"- {name}: {lead['successes']} of {lead['episodes']} against {lead['reference_successes']} of "
-      f"{lead['reference_episodes']}, p = {lead['p']:.2g}\n" for name, lead in leads.items())
+      f'- {name}: {lead_text(lead)}\n' for name, lead in leads.items())
 
 
 def success_lead_p_value(successes: int, episodes: int, other_successes: int, other_episodes: int) -> float:
