@@ -181,10 +181,10 @@ def main(argv):
   results = {}
   for name, policy in policies.items():
     if policy.agent not in evaluators:
-      evaluators[policy.agent] = evaluation.make_evaluator(env, policy.agent, steps, per_goal=True,
-                                                           values=first.goal_values)
+      evaluators[policy.agent] = evaluation.make_evaluator(env, policy.agent, steps, values=first.goal_values)
     results[name] = evaluation.summarize(evaluators[policy.agent](params[name], policy.normalizers,
-                                                                  jax.random.key(seed), goals, _EPISODES.value))
+                                                                  jax.random.key(seed), goals, _EPISODES.value,
+                                                                  per_goal=True))
     print(f"{name}: success {results[name]['success']:.3f}, step completion {results[name]['step_completion']:.2f}",
           flush=True)
   reference = next(iter(results))

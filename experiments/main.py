@@ -178,20 +178,20 @@ def main(argv, config=None, workdir: str | None = None):
     return  # process 0 evaluates (on its first device) and writes the report
 
   steps, episodes, key = config.eval.episode_steps, config.eval.episodes, jax.random.key(config.eval.seed)
-  shared = evaluation.make_evaluator(env, agent, steps, values=goal_values)
-  per_goal = evaluation.make_evaluator(env, agent, steps, per_goal=True, values=goal_values)
+  evaluate = evaluation.make_evaluator(env, agent, steps, values=goal_values)
   imitation, fine_tuned = IMITATION[config.ril.method], f'RRF per goal ({config.rrf.variant})'
   results = {
-      imitation: evaluation.summarize(shared(ril_params, normalizers, key, configs.eval_goals, episodes)),
-      fine_tuned: evaluation.summarize(per_goal(tuned_params, normalizers, key, configs.rrf_goals, episodes)),
-      'distilled': evaluation.summarize(shared(distilled, normalizers, key, configs.eval_goals, episodes)),
+      imitation: evaluation.summarize(evaluate(ril_params, normalizers, key, configs.eval_goals, episodes)),
+      fine_tuned: evaluation.summarize(evaluate(tuned_params, normalizers, key, configs.rrf_goals, episodes,
+                                                per_goal=True)),
+      'distilled': evaluation.summarize(evaluate(distilled, normalizers, key, configs.eval_goals, episodes)),
       'nearest neighbour': evaluation.summarize(
           nearest_neighbour.make_evaluator(env, steps, goal_values)(demos, key, configs.eval_goals, episodes)),
   }
   # Each lead compares episodes from the same resets: the imitation agent is run on the RRF goals too where
   # those are not its evaluation goals (a goal's resets follow from its place in the list).
   ril_on_rrf_goals = results[imitation] if configs.rrf_goals == configs.eval_goals else evaluation.summarize(
-      shared(ril_params, normalizers, key, configs.rrf_goals, episodes))
+      evaluate(ril_params, normalizers, key, configs.rrf_goals, episodes))
   leads = {fine_tuned: evaluation.success_lead(results[fine_tuned], ril_on_rrf_goals),
            'distilled': evaluation.success_lead(results['distilled'], results[imitation])}
   gifs = [os.path.basename(path) for path in evaluation.write_videos(

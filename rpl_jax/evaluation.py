@@ -60,17 +60,18 @@ def goal_values(source: str, demos: PaddedDemos | None = None) -> dict[str, tupl
   return values
 
 
-def make_evaluator(env, agent: Agent, num_steps: int, deterministic: bool = True, per_goal: bool = False,
-                   values: GoalValues | None = None):
-  """`evaluate(params, normalizers, key, goals, episodes) -> Evaluation`, compiled once per number
-  of goals and episodes; the agent is given goal_states(goals, values). With `per_goal`, params are
-  stacked per goal ([G, ...], in the order of `goals`, as RRF's per-goal fine-tuning leaves them)
-  and each goal runs its own agent; otherwise every goal runs copies of the one agent (`tiled`).
-  Both go through the same per-goal rollout, so identical parameters score identically either way."""
+def make_evaluator(env, agent: Agent, num_steps: int, deterministic: bool = True, values: GoalValues | None = None):
+  """`evaluate(params, normalizers, key, goals, episodes, per_goal=False) -> Evaluation`, compiled
+  once per number of goals and episodes; the agent is given goal_states(goals, values). With
+  `per_goal`, params are stacked per goal ([G, ...], in the order of `goals`, as RRF's per-goal
+  fine-tuning leaves them) and each goal runs its own agent; otherwise every goal runs copies of the
+  one agent (`tiled`). Both go through the same compiled per-goal rollout, so identical parameters
+  score identically either way."""
   rollout = functools.partial(agent_rollout, env, agent, num_steps=num_steps, deterministic=deterministic)
   rollout = jax.jit(jax.vmap(rollout, in_axes=(0, None, 0, 0)))
 
-  def evaluate(params, normalizers, key: jax.Array, goals: Sequence[str], episodes: int) -> Evaluation:
+  def evaluate(params, normalizers, key: jax.Array, goals: Sequence[str], episodes: int,
+               per_goal: bool = False) -> Evaluation:
     goals = check_goals(goals, episodes)
     shape = (len(goals), episodes)
     if not per_goal:

@@ -68,7 +68,7 @@ def test_student_fits_the_teachers(setup):
 
 def test_per_goal_evaluation_runs_each_goals_params(setup):
   env, agent, normalizers, teachers, stacked = setup
-  evaluate = evaluation.make_evaluator(env, agent, STEPS, per_goal=True)
+  evaluate = functools.partial(evaluation.make_evaluator(env, agent, STEPS), per_goal=True)
   key = jax.random.key(3)
   both = evaluate(stacked, normalizers, key, GOALS, EPISODES)
   for g in range(len(GOALS)):

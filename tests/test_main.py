@@ -422,10 +422,11 @@ def test_evaluate_runs_every_agent_on_the_same_resets(smoke_run, kept_run):
   ril_state = load_state(str(smoke_run / 'ril' / 'checkpoints'), phases._ril_target(agent, configs.bc))
   last = load_state(str(kept_run / 'rrf' / 'checkpoints'), phases._tuned_target(agent, configs, ril_state)).params
   env = KitchenEnv(KitchenConfig(backend='cpu', horizon=steps))
-  per_goal = evaluation.make_evaluator(env, agent, steps, per_goal=True, values=goal_values)
+  evaluator = evaluation.make_evaluator(env, agent, steps, values=goal_values)
   copies = jax.tree.map(lambda x: np.stack([x] * len(goals)), ril_state.average)
   for name, params in (('ril', copies), ('rrf_last', last)):
-    assert results[name] == evaluation.summarize(per_goal(params, normalizers, jax.random.key(seed), goals, 1)), name
+    assert results[name] == evaluation.summarize(evaluator(params, normalizers, jax.random.key(seed), goals, 1,
+                                                           per_goal=True)), name
   count = lambda name: round(results[name]['success'] * len(goals))
   assert record['success_lead_over'] == 'ril' and record['success_lead_p'] == {
       name: evaluation.success_lead_p_value(count(name), len(goals), count('ril'), len(goals))
@@ -614,9 +615,9 @@ def test_policies_load_from_the_run_directory_alone(smoke_run):
   for phase, name in (('distill', 'distilled'), ('rrf', 'RRF per goal (iril)'), ('ril', 'RIL')):
     agent, params, normalizers, goals, goal_values = phases.load_policy(str(smoke_run), phase)
     assert goal_values == evaluation.goal_values('demos', load_padded(str(smoke_run / 'demos')))
-    evaluate = evaluation.make_evaluator(env, agent, config['eval']['episode_steps'], per_goal=phase == 'rrf',
-                                         values=goal_values)
-    summary = evaluation.summarize(evaluate(params, normalizers, key, goals, config['eval']['episodes']))
+    evaluate = evaluation.make_evaluator(env, agent, config['eval']['episode_steps'], values=goal_values)
+    summary = evaluation.summarize(evaluate(params, normalizers, key, goals, config['eval']['episodes'],
+                                            per_goal=phase == 'rrf'))
     assert summary == results[name]
     if phase == 'ril':  # the agent is the weight average, not the last parameters
       saved = load_state(str(smoke_run / 'ril' / 'checkpoints'),
