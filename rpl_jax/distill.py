@@ -6,6 +6,8 @@ episodes in one vmapped rollout. `make_distill` then fits a student of the same 
 supervised learning on those rollouts: the low level on (state, subgoal) -> the teacher's action,
 and, when the high levels were fine-tuned too, the high level on (state at a decision, goal) -> the
 teacher's subgoal. One compiled function runs the `updates` Adam steps as a `lax.scan`.
+`per_goal_students` fits one student per goal instead, each on its own teacher's samples alone
+(experiments/probe_distill.py: does one student keep the per-goal agents' gain?).
 """
 
 import dataclasses
@@ -52,6 +54,11 @@ def collect(env, agent: Agent, params: dict[str, Any], normalizers, key: jax.Arr
   return data
 
 
+def split_by_goal(data: dict[str, tuple[jax.Array, ...]], num_goals: int) -> dict[str, tuple[jax.Array, ...]]:
+  """`collect`'s samples with a leading goal axis ([G, E * steps, ...]): each goal's teacher's alone."""
+  return jax.tree.map(lambda x: x.reshape((num_goals, -1) + x.shape[1:]), data)
+
+
 def make_distill(agent: Agent, config: DistillConfig):
   """`distill(params, normalizers, data, key) -> (params, metrics)`: fits the levels present in
   `data` (from `collect`) starting from `params` (one agent, unstacked); the other levels are kept.
@@ -82,3 +89,11 @@ def make_distill(agent: Agent, config: DistillConfig):
     return dict(params, **student), metrics
 
   return distill
+
+
+def per_goal_students(distill, num_goals: int):
+  """From `distill` (make_distill's): `(params, normalizers, data, key) -> (params, metrics)` that fits
+  one student per goal from the same `params` and `key`, each on its own goal's samples of `data`
+  (`collect`'s); params and metrics come back stacked per goal ([G, ...])."""
+  fit = jax.vmap(distill, in_axes=(None, None, 0, None))
+  return lambda params, normalizers, data, key: fit(params, normalizers, split_by_goal(data, num_goals), key)

@@ -269,6 +269,11 @@ def fine_tune(workdir: str, run_config: dict, configs: RunConfigs, env, agent, r
                    env_steps_per_call=len(goals) * config.num_envs * config.episode_steps)
 
 
+def distillation_start_key(seed: int) -> jax.Array:
+  """The key a run's distillation starts from (its one step splits it into collect, fit and next keys)."""
+  return jax.random.fold_in(jax.random.key(seed), 2)
+
+
 def distillation(workdir: str, run_config: dict, configs: RunConfigs, env, agent, ril_state: train.BCState,
                  tuned, seed: int, max_to_keep: int,
                  goal_values: evaluation.GoalValues | None = None) -> dict[str, Any]:
@@ -286,8 +291,8 @@ def distillation(workdir: str, run_config: dict, configs: RunConfigs, env, agent
     params, metrics = fit(state['params'], ril_state.normalizers, data, fit_key)
     return {'params': params, 'key': key}, {name: value[-1] for name, value in metrics.items()}
 
-  start = parallel.put({'params': jax.tree.map(jnp.copy, ril_state.average),
-                        'key': jax.random.fold_in(jax.random.key(seed), 2)}, configs.mesh)
+  start = parallel.put({'params': jax.tree.map(jnp.copy, ril_state.average), 'key': distillation_start_key(seed)},
+                       configs.mesh)
   final = run_phase(workdir, 'distill', run_config, start, step, 1, 1, max_to_keep,
                     lambda m: {f'final_{k}': float(v) for k, v in m.items()})
   return final['params']

@@ -43,13 +43,13 @@ def test_collect_is_each_goals_own_deterministic_rollout(setup):
   assert data['low'][0].shape == (len(GOALS) * EPISODES * STEPS, 30)
   assert data['high'][0].shape == (len(GOALS) * EPISODES * 2, 30)  # decisions at t = 0 and 3
   keys = jax.random.split(jax.random.key(0), (len(GOALS), EPISODES))
+  by_goal = distill.split_by_goal(data, len(GOALS))
   for g in range(len(GOALS)):
     alone = agent_rollout(env, agent, teachers[g], normalizers, keys[g], jnp.broadcast_to(goals[g], (EPISODES, 30)),
                           STEPS, deterministic=True)
-    rows = slice(g * EPISODES * STEPS, (g + 1) * EPISODES * STEPS)
-    np.testing.assert_allclose(data['low'][2][rows], alone.actions.reshape(-1, 9), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(data['low'][1][rows], alone.subgoals.reshape(-1, 30), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(data['high'][1][g * EPISODES * 2:(g + 1) * EPISODES * 2], np.broadcast_to(goals[g], (4, 30)))
+    np.testing.assert_allclose(by_goal['low'][2][g], alone.actions.reshape(-1, 9), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(by_goal['low'][1][g], alone.subgoals.reshape(-1, 30), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(by_goal['high'][1][g], np.broadcast_to(goals[g], (4, 30)))
 
 
 def test_student_fits_the_teachers(setup):
@@ -64,6 +64,21 @@ def test_student_fits_the_teachers(setup):
   error = lambda p: float(jnp.mean((agent.low.apply(p, normalizers['low'], obs, subgoals)[0] - actions)**2))
   assert error(fitted['low']) < 0.2 * error(student['low'])
   assert float(metrics['nll_low'][-20:].mean()) < float(metrics['nll_low'][:20].mean())
+
+
+def test_per_goal_students_are_separate_fits_on_each_goals_samples(setup):
+  env, agent, normalizers, _, stacked = setup
+  goals = jnp.asarray(evaluation.goal_states(GOALS))
+  data = distill.collect(env, agent, stacked, normalizers, jax.random.key(1), goals, EPISODES, STEPS, ('low',))
+  student = {level: network.init(jax.random.key(99)) for level, network in agent.by_level.items()}
+  fit = distill.make_distill(agent, distill.DistillConfig(updates=50, batch_size=8, learning_rate=3e-3))
+  students, metrics = jax.jit(distill.per_goal_students(fit, len(GOALS)))(student, normalizers, data, jax.random.key(2))
+  assert metrics['nll_low'].shape == (len(GOALS), 50)
+  for g in range(len(GOALS)):
+    own = jax.tree.map(lambda x: x[g * EPISODES * STEPS:(g + 1) * EPISODES * STEPS], data)
+    alone, _ = jax.jit(fit)(student, normalizers, own, jax.random.key(2))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[g], b, rtol=1e-4, atol=1e-6), students, alone)
+  assert not np.allclose(students['low']['mlp']['Dense_0']['kernel'][0], students['low']['mlp']['Dense_0']['kernel'][1])
 
 
 def test_per_goal_evaluation_runs_each_goals_params(setup):

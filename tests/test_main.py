@@ -496,6 +496,29 @@ def test_low_level_probe_replays_held_out_demos_from_their_own_resets(smoke_run,
     assert all(completed[e] <= in_plan[e] for e in in_plan)
 
 
+def test_distillation_probe_redoes_the_runs_distillation(smoke_run, tmp_path):
+  """experiments/probe_distill.py on the smoke run: its one student for all goals is the run's distilled
+  agent redone (same data, keys and fit), and all four agents run on the same resets of the RRF goals."""
+  out = tmp_path / 'probe'
+  process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'probe_distill.py'),
+                            f'--workdir={smoke_run}', '--episodes=1', f'--out={out}'], cwd=REPO,
+                           env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
+  assert process.returncode == 0, process.stderr[-3000:]
+  record = json.loads((tmp_path / 'probe.json').read_text())
+  assert record['max_abs_difference_from_run'] < 1e-5
+  assert list(record['results']) == ['RIL', 'per-goal agents', 'one student for all goals', 'one student per goal']
+  assert all(summary['episodes'] == 2 for summary in record['results'].values())  # the smoke preset's 2 RRF goals
+  assert record['distill']['low_samples_per_goal'] == 30  # 1 episode of 30 steps per goal
+  ril = record['results']['RIL']
+  assert record['success_lead_over_ril']['one student per goal'] == evaluation.success_lead(
+      record['results']['one student per goal'], ril)
+  assert '- one student per goal: ' in (tmp_path / 'probe.md').read_text()
+  missing = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'probe_distill.py'),
+                            f'--workdir={tmp_path}'], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                           capture_output=True, text=True, timeout=300)
+  assert missing.returncode != 0 and 'needs finished ril, rrf and distill phases' in missing.stderr
+
+
 def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path):
   """experiments/train_ril.py on the smoke run's demos: every Table 1 method trains and is evaluated,
   and the tables list them beside the paper's numbers; each run logs its curve and checkpoints its state;
