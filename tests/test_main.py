@@ -497,22 +497,27 @@ def test_low_level_probe_replays_held_out_demos_from_their_own_resets(smoke_run,
 
 
 def test_distillation_probe_redoes_the_runs_distillation(smoke_run, tmp_path):
-  """experiments/probe_distill.py on the smoke run: its one student for all goals is the run's distilled
-  agent redone (same data, keys and fit), and all four agents run on the same resets of the RRF goals."""
+  """experiments/probe_distill.py on the smoke run: its first student for all goals is the run's distilled
+  agent redone (same data, keys and fit); every agent runs on the same resets of the RRF goals, and each
+  kind's pooled lead adds up its repeats."""
   out = tmp_path / 'probe'
   process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'probe_distill.py'),
-                            f'--workdir={smoke_run}', '--episodes=1', f'--out={out}'], cwd=REPO,
+                            f'--workdir={smoke_run}', '--episodes=1', '--repeats=2', f'--out={out}'], cwd=REPO,
                            env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
   assert process.returncode == 0, process.stderr[-3000:]
   record = json.loads((tmp_path / 'probe.json').read_text())
   assert record['max_abs_difference_from_run'] < 1e-5
-  assert list(record['results']) == ['RIL', 'per-goal agents', 'one student for all goals', 'one student per goal']
+  kinds = ('one student for all goals', 'one student per goal')
+  assert list(record['results']) == ['RIL', 'per-goal agents'] + [f'{k}, repeat {r}' for r in (0, 1) for k in kinds]
   assert all(summary['episodes'] == 2 for summary in record['results'].values())  # the smoke preset's 2 RRF goals
   assert record['distill']['low_samples_per_goal'] == 30  # 1 episode of 30 steps per goal
-  ril = record['results']['RIL']
-  assert record['success_lead_over_ril']['one student per goal'] == evaluation.success_lead(
-      record['results']['one student per goal'], ril)
-  assert '- one student per goal: ' in (tmp_path / 'probe.md').read_text()
+  leads = record['success_lead_over_ril']
+  assert leads['one student per goal, repeat 1'] == evaluation.success_lead(
+      record['results']['one student per goal, repeat 1'], record['results']['RIL'])
+  for kind in kinds:
+    assert record['pooled_lead_over_ril'][kind] == evaluation.pooled_lead([leads[f'{kind}, repeat {r}'] for r in (0, 1)])
+  text = (tmp_path / 'probe.md').read_text()
+  assert '- one student per goal, repeat 1: ' in text and '## Pooled over the 2 repeats' in text
   missing = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'probe_distill.py'),
                             f'--workdir={tmp_path}'], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
                            capture_output=True, text=True, timeout=300)
