@@ -13,7 +13,7 @@ per goal).
 
 Writes --out.json and .md (default <workdir>/evaluation/probe_distill_<backend>_seed<seed>_<episodes>x
 <steps>_repeats<N>): per agent the success, step completion and per-goal table, each one's success
-lead over RIL, and each kind's lead pooled over the repeats.
+lead over RIL, and each kind's episodes pooled over the repeats against RIL's.
 
   python experiments/probe_distill.py --workdir=runs/tuned --episodes=30 --repeats=3
 
@@ -90,8 +90,13 @@ def main(argv):
     print(f"{name}: {evaluation.success_count(results[name])} successes of {results[name]['episodes']}, step "
           f"completion {results[name]['step_completion']:.2f}", flush=True)
   leads = {name: evaluation.success_lead(results[name], results['RIL']) for name in list(results)[1:]}
-  pooled = {kind: evaluation.pooled_lead([leads[f'{kind}, repeat {r}'] for r in range(_REPEATS.value)])
-            for kind in KINDS}
+  # Each kind's repeats pooled against RIL's one set of episodes: RIL counted once, not once per repeat.
+  pooled = {}
+  for kind in KINDS:
+    runs = [results[f'{kind}, repeat {r}'] for r in range(_REPEATS.value)]
+    pooled[kind] = evaluation.lead_from_counts(sum(map(evaluation.success_count, runs)),
+                                               sum(run['episodes'] for run in runs),
+                                               evaluation.success_count(results['RIL']), results['RIL']['episodes'])
   print(f"{KINDS[0]}, repeat 0: max |parameter - the run's distilled agent's| = {difference:.2e}")
 
   out = _OUT.value or os.path.join(workdir, 'evaluation', f"probe_distill_{run_config['backend']}_seed{seed}_"

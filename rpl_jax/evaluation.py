@@ -153,19 +153,23 @@ def success_count(summary: Mapping) -> int:
 LEAD_COUNTS = ('successes', 'episodes', 'reference_successes', 'reference_episodes')
 
 
-def success_lead(summary: Mapping, reference: Mapping) -> dict:
-  """`summary`'s successes against `reference`'s, both `summarize`d on the same goals and resets:
-  the counts (LEAD_COUNTS) and the one-sided Fisher p-value that the first leads (success_lead_p_value)."""
-  counts = (success_count(summary), summary['episodes'], success_count(reference), reference['episodes'])
+def lead_from_counts(successes: int, episodes: int, reference_successes: int, reference_episodes: int) -> dict:
+  """The counts (LEAD_COUNTS) and the one-sided Fisher p-value that the first leads (success_lead_p_value)."""
+  counts = (successes, episodes, reference_successes, reference_episodes)
   return dict(zip(LEAD_COUNTS, counts)) | {'p': success_lead_p_value(*counts)}
+
+
+def success_lead(summary: Mapping, reference: Mapping) -> dict:
+  """`summary`'s successes against `reference`'s, both `summarize`d on the same goals and resets
+  (lead_from_counts)."""
+  return lead_from_counts(success_count(summary), summary['episodes'], success_count(reference), reference['episodes'])
 
 
 def pooled_lead(leads: Sequence[Mapping]) -> dict:
   """Several `success_lead`s, e.g. one per training seed, as one with their episodes pooled. The test
   then takes every episode as an independent draw: a spread between seeds beyond the episodes' own
   is not in its p-value."""
-  counts = [sum(lead[name] for lead in leads) for name in LEAD_COUNTS]
-  return dict(zip(LEAD_COUNTS, counts)) | {'p': success_lead_p_value(*counts)}
+  return lead_from_counts(*(sum(lead[name] for lead in leads) for name in LEAD_COUNTS))
 
 
 def lead_text(lead: Mapping) -> str:
