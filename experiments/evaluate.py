@@ -3,13 +3,15 @@
   python experiments/evaluate.py --workdir=runs/tuned --episodes=50 --seed=7000
   python experiments/evaluate.py --workdir=runs/tuned --agents=ril,rrf,rrf_last --rrf_step=10
   python experiments/evaluate.py --workdir=runs/table1 --agents=ril_seed2,gcbc_seed2 --episodes=30
+  python experiments/evaluate.py --workdir=runs/table1 --agents=ril_seed0,ril_seed1,ril_seed2 --ensemble
 
 Agents (--agents) of a main-job or train_rpl.py run: `ril`, the imitation phase's agent; `rrf`, the
 per-goal agents the report evaluates (under rrf.keep_best each goal's best monitored parameters, else
 the last); `rrf_last`, the parameters RRF trained to, whatever it kept; `distill`, the distilled agent
 (default: ril,rrf,distill). Of an experiments/train_ril.py workdir: `<method>_seed<k>`, each run's
-weight average (default: every run). They run through one per-goal evaluator (a shared agent's
-parameters copied to every goal) on the same goals and reset keys, so each goal's episodes start
+weight average (default: every run), and with --ensemble those runs as one more agent, `ensemble`. They
+run through one per-goal evaluator (a shared agent's parameters copied to every goal) on the same goals
+and reset keys, so each goal's episodes start
 alike for every agent and identical parameters score identically, as in the main job's report and
 train_ril.py's table for the same goals, seed and episodes (evaluation.make_evaluator).
 
@@ -32,9 +34,10 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from envs.kitchen import KitchenConfig, KitchenEnv
-from rpl_jax import evaluation, logs, phases
+from rpl_jax import evaluation, logs, networks, phases, rollout
 from rpl_jax.checkpoint import CheckpointError, read_config
 from rpl_jax.files import write_atomic
 
@@ -53,6 +56,9 @@ _EPISODE_STEPS = flags.DEFINE_integer('episode_steps', None,
                                       "Steps per episode; default: the run's eval.episode_steps.")
 _BACKEND = flags.DEFINE_string('backend', None, "Env backend; default: the run's.")
 _RRF_STEP = flags.DEFINE_integer('rrf_step', None, 'The RRF checkpoint step (iterations) to load; default: the last.')
+_ENSEMBLE = flags.DEFINE_bool('ensemble', False, 'Of a train_ril.py workdir: also evaluate its --agents runs (two or '
+                               'more, of one method) as one agent, `ensemble`, acting with the mean of their means '
+                               'at each level (rollout.ensemble).')
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension; default: <workdir>/evaluation/'
                            '<backend>_seed<seed>_<episodes>x<steps>_<goals>_<agents>[_rrfstep<step>].')
 
@@ -98,6 +104,21 @@ def load_agents(workdir: str, names: list[str], rrf_step: int | None) -> dict[st
     except CheckpointError as e:
       raise app.UsageError(f'cannot load {name} (has the {phase} phase run?): {e}') from e
   return policies
+
+
+def ensemble_policy(policies: dict[str, phases.Policy]) -> phases.Policy:
+  """The train_ril.py runs `policies` as one ensemble agent; they must share a method, network shapes
+  and normalizers (the seeds of one table do)."""
+  members = list(policies.values())
+  first = members[0]
+  if len(members) < 2 or any(p.agent != first.agent for p in members):
+    raise app.UsageError(f'--ensemble needs two or more runs of one method in --agents, got {list(policies)}.')
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  if not all(same(p.normalizers, first.normalizers) for p in members):
+    raise app.UsageError(f'--ensemble: the runs {list(policies)} were trained on other data (their normalizers '
+                         'differ).')
+  return first._replace(agent=rollout.ensemble(first.agent, len(members)),
+                        params=networks.stack_members([p.params for p in members]))
 
 
 def run_defaults(workdir: str) -> tuple[str, int, int]:
@@ -161,6 +182,10 @@ def main(argv):
     raise app.UsageError('--rrf_step is for a main-job run; a train_ril.py workdir has no RRF phase.')
   policies = load_table_agents(workdir, _AGENTS.value) if table else load_agents(workdir, _AGENTS.value,
                                                                                  _RRF_STEP.value)
+  if _ENSEMBLE.value:
+    if not table:
+      raise app.UsageError('--ensemble is for the runs of a train_ril.py workdir.')
+    policies['ensemble'] = ensemble_policy(policies)
   first = next(iter(policies.values()))
   if any(policy.goal_values != first.goal_values for policy in policies.values()):
     raise app.UsageError('the agents were trained for different goal states (goal_values); evaluate them apart.')

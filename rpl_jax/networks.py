@@ -1,5 +1,5 @@
 """Goal-conditioned networks: the Gaussian policy both levels use (the low level's actions, the high
-level's subgoals in state space), the value baseline, and the normalizers around them.
+level's subgoals in state space), its ensemble, the value baseline, and the normalizers around them.
 
 A network is a frozen description (dims and config) with pure `init(key) -> params` and
 `apply(params, normalizer, ...)`; params are plain pytrees and normalizers are fitted once from data
@@ -255,6 +255,35 @@ class GaussianPolicy:
       return self.sample(params, normalizer, obs, goal, key)
 
     return act
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsemblePolicy(GaussianPolicy):
+  """`members` GaussianPolicies of one shape that share a normalizer, acting as one Gaussian: its mean
+  is the mean of the members' means and its log_std the mean of their log_stds. Params are the
+  members' stacked on a leading axis (`stack_members`). Averaging removes the members' independent
+  closed-loop errors (BUILD_NOTES, "Ensembles of RIL agents"). For evaluation: RRF's Fisher products
+  are written for one MLP."""
+  members: int = dataclasses.field(kw_only=True)
+
+  def __post_init__(self):
+    super().__post_init__()
+    _check_sizes('members', (self.members,))
+
+  def init(self, key: jax.Array) -> Params:
+    return jax.vmap(lambda k: GaussianPolicy.init(self, k))(jax.random.split(key, self.members))
+
+  def apply(self, params: Params, normalizer: PolicyNormalizer, obs: jax.Array,
+            goal: jax.Array) -> tuple[jax.Array, jax.Array]:
+    if any(leaf.shape[:1] != (self.members,) for leaf in jax.tree.leaves(params)):
+      raise ValueError(f'ensemble params must be stacked over the {self.members} members on their leading axis.')
+    means, log_stds = jax.vmap(lambda p: GaussianPolicy.apply(self, p, normalizer, obs, goal))(params)
+    return jnp.mean(means, 0), jnp.mean(log_stds, 0)
+
+
+def stack_members(params: Sequence[Params]) -> Params:
+  """The params of an EnsemblePolicy (or of an agent's ensemble) from its members' params."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
 
 
 def make_policy(obs_dim: int, goal_dim: int, output_dim: int,

@@ -54,6 +54,15 @@ class Agent:
     return bound['low'], bound.get('high')
 
 
+def ensemble(agent: Agent, members: int) -> Agent:
+  """The agent whose every level is the ensemble (networks.EnsemblePolicy) of `members` agents of
+  `agent`'s structure; its params are theirs stacked (networks.stack_members), with their shared
+  normalizers."""
+  as_ensemble = lambda network: networks.EnsemblePolicy(network.obs_dim, network.goal_dim, network.output_dim,
+                                                        network.config, members=members)
+  return Agent(as_ensemble(agent.low), None if agent.high is None else as_ensemble(agent.high), agent.horizon)
+
+
 class Trajectory(NamedTuple):
   observations: jax.Array  # [T+1, obs]: the reset observation first
   actions: jax.Array  # [T, 9]

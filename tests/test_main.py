@@ -434,7 +434,8 @@ def test_evaluate_runs_every_agent_on_the_same_resets(smoke_run, kept_run):
   assert '| microwave-kettle-topknob-hinge |' in written[1].read_text()
   for args, message in ((('--agents=rrf', '--goals=microwave-kettle-switch-slide'), 'the RRF agents cover'),
                         (('--agents=ril,ppo',), '--agents must name some of'),
-                        (('--goals=microwave-kettle-oven',), 'oven')):
+                        (('--goals=microwave-kettle-oven',), 'oven'),
+                        (('--agents=ril,distill', '--ensemble'), '--ensemble is for the runs of a train_ril.py')):
     process = evaluate(*args)
     assert process.returncode != 0 and message in process.stderr, process.stderr[-2000:]
 
@@ -620,9 +621,23 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
   assert all(r['episodes'] == 2 and r['nan_steps'] == 0 for r in record['results'].values())
   assert list(record['success_lead_p']) == ['ril_seed0'] and '## Success lead over gcbc_seed0' in written[1].read_text()
   for args, message in ((('--agents=ril_seed1',), "some of ['ril_seed0', 'gcbc_seed0', 'gcbc_final_seed0']"),
-                        (('--rrf_step=2',), '--rrf_step is for a main-job run')):
+                        (('--rrf_step=2',), '--rrf_step is for a main-job run'),
+                        (('--agents=ril_seed0', '--ensemble'), 'two or more runs of one method'),
+                        (('--agents=gcbc_seed0,ril_seed0', '--ensemble'), 'two or more runs of one method')):
     refused = evaluate(*args)
     assert refused.returncode != 0 and message in refused.stderr, (args, refused.stderr[-2000:])
+  # A second RIL seed, and both as one ensemble agent beside them on the same resets
+  # (tests/test_networks.py checks the ensemble's actions against its members').
+  process = train_ril(tmp_path / 'table', '--config.methods=ril', '--config.seeds=2')
+  assert process.returncode == 0, process.stderr[-3000:]
+  process = evaluate('--agents=ril_seed0,ril_seed1', '--ensemble', '--out=' + str(tmp_path / 'ensemble'))
+  assert process.returncode == 0, process.stderr[-3000:]
+  record = json.loads((tmp_path / 'ensemble.json').read_text())
+  assert list(record['results']) == ['ril_seed0', 'ril_seed1', 'ensemble']
+  assert all(r['episodes'] == 2 and r['nan_steps'] == 0 for r in record['results'].values())
+  assert list(record['success_lead_p']) == ['ril_seed1', 'ensemble']
+  members = [phases.load_table_run(str(tmp_path / 'table'), 'ril', seed)[0] for seed in (0, 1)]
+  assert not np.array_equal(*(jax.tree.leaves(m.params)[0] for m in members))  # two different agents
   # The same workdir with another setting would mix two experiments in one table: refused.
   refused = train_ril(tmp_path / 'table', '--config.corrective_noise=0.1')
   assert refused.returncode != 0 and 'corrective_noise=0.05 there, 0.1 here' in refused.stderr, refused.stderr[-2000:]

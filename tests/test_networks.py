@@ -283,3 +283,36 @@ def test_value_network():
     value.apply(params, normalizer, goal, goal)
   with pytest.raises(ValueError, match='hidden sizes'):
     networks.make_value(OBS, GOAL, hidden=(0,))
+
+
+def test_ensemble_acts_with_its_members_mean_mean_and_log_std():
+  """An EnsemblePolicy of three perturbed policies against the float64 reference of each member: the
+  mean of their means and of their log_stds; its density, samples and KL are the Gaussian's about
+  those; one member is that member; params not stacked over the members are refused."""
+  setups = [random_setup(seed) for seed in (11, 12, 13)]
+  policy, _, normalizer, obs, goal = setups[0]
+  members = [params for _, params, _, _, _ in setups]
+  ensemble = networks.EnsemblePolicy(OBS, GOAL, OUT, CONFIG, members=3)
+  params = networks.stack_members(members)
+  references = [numpy_gaussian(p, normalizer, obs, goal) for p in members]
+  want_mean = np.mean([m for m, _ in references], 0)
+  want_std = np.exp(np.mean([np.log(s) for _, s in references], 0))
+  mean, log_std = ensemble.apply(params, normalizer, obs, goal)
+  np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.exp(log_std), want_std, rtol=1e-5)
+  y = (want_mean + want_std).astype(np.float32)
+  np.testing.assert_allclose(ensemble.log_prob(params, normalizer, obs, goal, y),
+                             numpy_log_density(y, want_mean, want_std), rtol=1e-4, atol=1e-4)
+  act = ensemble.policy(params, normalizer)
+  np.testing.assert_allclose(act(obs, goal, jax.random.key(0), deterministic=True), want_mean, rtol=1e-5, atol=1e-5)
+  samples = jax.vmap(lambda k: act(obs[0], goal[0], k))(jax.random.split(jax.random.key(1), 4000))
+  np.testing.assert_allclose(samples.mean(0), want_mean[0], atol=4 * want_std[0].max() / np.sqrt(4000) * 1.5)
+  np.testing.assert_allclose(ensemble.kl(params, params, normalizer, obs, goal), 0.0, atol=1e-5)
+  one = networks.EnsemblePolicy(OBS, GOAL, OUT, CONFIG, members=1)
+  np.testing.assert_allclose(one.apply(networks.stack_members(members[:1]), normalizer, obs, goal)[0],
+                             policy.apply(members[0], normalizer, obs, goal)[0], rtol=1e-6, atol=1e-6)
+  assert jax.tree.leaves(ensemble.init(jax.random.key(0)))[0].shape[0] == 3
+  with pytest.raises(ValueError, match='stacked over the 3 members'):
+    ensemble.apply(members[0], normalizer, obs, goal)
+  with pytest.raises(ValueError, match='members'):
+    networks.EnsemblePolicy(OBS, GOAL, OUT, CONFIG, members=0)
