@@ -11,9 +11,9 @@ the last); `rrf_last`, the parameters RRF trained to, whatever it kept; `distill
 (default: ril,rrf,distill). Of an experiments/train_ril.py workdir: `<method>_seed<k>`, each run's
 weight average (default: every run), and with --ensemble those runs as one more agent, `ensemble`. They
 run through one per-goal evaluator (a shared agent's parameters copied to every goal) on the same goals
-and reset keys, so each goal's episodes start
-alike for every agent and identical parameters score identically, as in the main job's report and
-train_ril.py's table for the same goals, seed and episodes (evaluation.make_evaluator).
+and reset keys, so each goal's episodes start alike for every agent and identical parameters score
+identically, as in the main job's report and train_ril.py's table for the same goals, seed and episodes
+(evaluation.make_evaluator).
 
 The goals default to the run's RRF goals when an RRF agent is asked for, else its evaluation goals;
 the evaluation seed, episode length and backend default to the run's (a train_ril.py workdir's seed:
