@@ -12,6 +12,7 @@ import pytest
 
 from rpl_jax.data import (SCHEMA_VERSION, DatasetError, DatasetWriter, Demo, load_d4rl, load_demos, load_padded,
                           pad_demos, read_metadata)
+from rpl_jax.files import write_atomic
 
 CONFIG = {'backend': 'cpu', 'horizon': 280, 'physics': {'timestep': 0.004, 'substeps': 20}, 'nthread': None}
 WRITER = dict(config=CONFIG, backend='cpu', seed=7, demos_per_shard=3)
@@ -71,6 +72,24 @@ def test_round_trip_is_exact(dataset):
     with np.load(os.path.join(dataset, entry['name'])) as npz:
       assert sorted(npz.files) == ['actions', 'lengths', 'observations']  # no labels in the arrays
   assert sorted(os.listdir(dataset)) == ['metadata.json'] + [e['name'] for e in meta['shards']]  # no temp files
+
+
+
+def test_written_files_get_a_plain_open_s_mode(dataset, tmp_path):
+  """Atomic writes (shards, metadata, and every result file through rpl_jax.files) get the mode a plain
+  open() gives in the same directory, not the temp file's 0o600; rewriting a file keeps its own mode."""
+  reference = os.path.join(dataset, 'by-open.txt')
+  with open(reference, 'w') as f:
+    f.write('x')
+  want = os.stat(reference).st_mode & 0o7777
+  for name in ('metadata.json', 'shard-00000.npz'):
+    assert os.stat(os.path.join(dataset, name)).st_mode & 0o7777 == want, name
+  path = str(tmp_path / 'result.json')
+  write_atomic(path, lambda f: f.write(b'1'))
+  assert os.stat(path).st_mode & 0o7777 == want
+  os.chmod(path, 0o640)
+  write_atomic(path, lambda f: f.write(b'2'))
+  assert os.stat(path).st_mode & 0o7777 == 0o640 and open(path).read() == '2'
 
 
 def test_config_from_dataclass(tmp_path):
