@@ -3,17 +3,17 @@
   python experiments/evaluate.py --workdir=runs/tuned --episodes=50 --seed=7000
   python experiments/evaluate.py --workdir=runs/tuned --agents=ril,rrf,rrf_last --rrf_step=10
   python experiments/evaluate.py --workdir=runs/table1 --agents=ril_seed2,gcbc_seed2 --episodes=30
-  python experiments/evaluate.py --workdir=runs/table1 --agents=ril_seed0,ril_seed1,ril_seed2 --ensemble
+  python experiments/evaluate.py --workdir=runs/table1 --agents=ril_seed0,ril_seed1,gcbc_seed0,gcbc_seed1 --ensemble
 
 Agents (--agents) of a main-job or train_rpl.py run: `ril`, the imitation phase's agent; `rrf`, the
 per-goal agents the report evaluates (under rrf.keep_best each goal's best monitored parameters, else
 the last); `rrf_last`, the parameters RRF trained to, whatever it kept; `distill`, the distilled agent
 (default: ril,rrf,distill). Of an experiments/train_ril.py workdir: `<method>_seed<k>`, each run's
-weight average (default: every run), and with --ensemble those runs as one more agent, `ensemble`. They
-run through one per-goal evaluator (a shared agent's parameters copied to every goal) on the same goals
-and reset keys, so each goal's episodes start alike for every agent and identical parameters score
-identically, as in the main job's report and train_ril.py's table for the same goals, seed and episodes
-(evaluation.make_evaluator).
+weight average (default: every run), and with --ensemble each method's runs among them as one more agent,
+`<method>_ensemble`. They run through one per-goal evaluator (a shared agent's parameters copied to every
+goal) on the same goals and reset keys, so each goal's episodes start alike for every agent and identical
+parameters score identically, as in the main job's report and train_ril.py's table for the same goals,
+seed and episodes (evaluation.make_evaluator).
 
 The goals default to the run's RRF goals when an RRF agent is asked for, else its evaluation goals;
 the evaluation seed, episode length and backend default to the run's (a train_ril.py workdir's seed:
@@ -56,9 +56,9 @@ _EPISODE_STEPS = flags.DEFINE_integer('episode_steps', None,
                                       "Steps per episode; default: the run's eval.episode_steps.")
 _BACKEND = flags.DEFINE_string('backend', None, "Env backend; default: the run's.")
 _RRF_STEP = flags.DEFINE_integer('rrf_step', None, 'The RRF checkpoint step (iterations) to load; default: the last.')
-_ENSEMBLE = flags.DEFINE_bool('ensemble', False, 'Of a train_ril.py workdir: also evaluate its --agents runs (two or '
-                               'more, of one method) as one agent, `ensemble`, acting with the mean of their means '
-                               'at each level (rollout.ensemble).')
+_ENSEMBLE = flags.DEFINE_bool('ensemble', False, 'Of a train_ril.py workdir: also evaluate the --agents runs of each '
+                               'method that has two or more of them as one agent, `<method>_ensemble`, acting with '
+                               'the mean of their means at each level (rollout.ensemble).')
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension; default: <workdir>/evaluation/'
                            '<backend>_seed<seed>_<episodes>x<steps>_<goals>_<agents>[_rrfstep<step>].')
 
@@ -106,19 +106,26 @@ def load_agents(workdir: str, names: list[str], rrf_step: int | None) -> dict[st
   return policies
 
 
-def ensemble_policy(policies: dict[str, phases.Policy]) -> phases.Policy:
-  """The train_ril.py runs `policies` as one ensemble agent; they must share a method, network shapes
-  and normalizers (the seeds of one table do)."""
-  members = list(policies.values())
-  first = members[0]
-  if len(members) < 2 or any(p.agent != first.agent for p in members):
+def ensembles(policies: dict[str, phases.Policy]) -> dict[str, phases.Policy]:
+  """`<method>_ensemble`: the train_ril.py runs `policies` (`<method>_seed<k>`) of each method with two or
+  more of them, as one agent. A method's runs share network shapes and normalizers (the seeds of one table do)."""
+  by_method = {}
+  for name, policy in policies.items():
+    by_method.setdefault(name.rsplit('_seed', 1)[0], []).append(policy)
+  if all(len(members) < 2 for members in by_method.values()):
     raise app.UsageError(f'--ensemble needs two or more runs of one method in --agents, got {list(policies)}.')
   same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-  if not all(same(p.normalizers, first.normalizers) for p in members):
-    raise app.UsageError(f'--ensemble: the runs {list(policies)} were trained on other data (their normalizers '
-                         'differ).')
-  return first._replace(agent=rollout.ensemble(first.agent, len(members)),
-                        params=networks.stack_members([p.params for p in members]))
+  agents = {}
+  for method, members in by_method.items():
+    first = members[0]
+    if len(members) < 2:
+      print(f'--ensemble: {method} has one run in --agents, so no ensemble of it.')
+    elif not all(same(p.normalizers, first.normalizers) for p in members):
+      raise app.UsageError(f'--ensemble: the {method} runs were trained on other data (their normalizers differ).')
+    else:
+      agents[f'{method}_ensemble'] = first._replace(agent=rollout.ensemble(first.agent, len(members)),
+                                                    params=networks.stack_members([p.params for p in members]))
+  return agents
 
 
 def run_defaults(workdir: str) -> tuple[str, int, int]:
@@ -185,7 +192,7 @@ def main(argv):
   if _ENSEMBLE.value:
     if not table:
       raise app.UsageError('--ensemble is for the runs of a train_ril.py workdir.')
-    policies['ensemble'] = ensemble_policy(policies)
+    policies |= ensembles(policies)
   first = next(iter(policies.values()))
   if any(policy.goal_values != first.goal_values for policy in policies.values()):
     raise app.UsageError('the agents were trained for different goal states (goal_values); evaluate them apart.')

@@ -626,18 +626,27 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
                         (('--agents=gcbc_seed0,ril_seed0', '--ensemble'), 'two or more runs of one method')):
     refused = evaluate(*args)
     assert refused.returncode != 0 and message in refused.stderr, (args, refused.stderr[-2000:])
-  # A second RIL seed, and both as one ensemble agent beside them on the same resets
-  # (tests/test_networks.py checks the ensemble's actions against its members').
-  process = train_ril(tmp_path / 'table', '--config.methods=ril', '--config.seeds=2')
+  # A second RIL and GCBC seed, and each method's two as one ensemble agent beside them on the same resets
+  # (tests/test_networks.py checks the ensemble's actions against its members'); a method with one run
+  # named gets none.
+  process = train_ril(tmp_path / 'table', '--config.methods=ril,gcbc', '--config.seeds=2')
   assert process.returncode == 0, process.stderr[-3000:]
-  process = evaluate('--agents=ril_seed0,ril_seed1', '--ensemble', '--out=' + str(tmp_path / 'ensemble'))
+  process = evaluate('--agents=ril_seed0,ril_seed1,gcbc_seed0,gcbc_seed1', '--ensemble',
+                     '--out=' + str(tmp_path / 'ensemble'))
   assert process.returncode == 0, process.stderr[-3000:]
   record = json.loads((tmp_path / 'ensemble.json').read_text())
-  assert list(record['results']) == ['ril_seed0', 'ril_seed1', 'ensemble']
+  assert list(record['results']) == ['ril_seed0', 'ril_seed1', 'gcbc_seed0', 'gcbc_seed1', 'ril_ensemble',
+                                     'gcbc_ensemble']
   assert all(r['episodes'] == 2 and r['nan_steps'] == 0 for r in record['results'].values())
-  assert list(record['success_lead_p']) == ['ril_seed1', 'ensemble']
-  members = [phases.load_table_run(str(tmp_path / 'table'), 'ril', seed)[0] for seed in (0, 1)]
-  assert not np.array_equal(*(jax.tree.leaves(m.params)[0] for m in members))  # two different agents
+  assert list(record['success_lead_p']) == ['ril_seed1', 'gcbc_seed0', 'gcbc_seed1', 'ril_ensemble', 'gcbc_ensemble']
+  for method in ('ril', 'gcbc'):
+    members = [phases.load_table_run(str(tmp_path / 'table'), method, seed)[0] for seed in (0, 1)]
+    assert not np.array_equal(*(jax.tree.leaves(m.params)[0] for m in members))  # two different agents
+  process = evaluate('--agents=ril_seed0,ril_seed1,gcbc_seed0', '--ensemble', '--out=' + str(tmp_path / 'one_gcbc'))
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert list(json.loads((tmp_path / 'one_gcbc.json').read_text())['results']) == ['ril_seed0', 'ril_seed1',
+                                                                                  'gcbc_seed0', 'ril_ensemble']
+  assert 'gcbc has one run in --agents, so no ensemble of it' in process.stdout
   # The same workdir with another setting would mix two experiments in one table: refused.
   refused = train_ril(tmp_path / 'table', '--config.corrective_noise=0.1')
   assert refused.returncode != 0 and 'corrective_noise=0.05 there, 0.1 here' in refused.stderr, refused.stderr[-2000:]
