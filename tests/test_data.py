@@ -74,7 +74,6 @@ def test_round_trip_is_exact(dataset):
   assert sorted(os.listdir(dataset)) == ['metadata.json'] + [e['name'] for e in meta['shards']]  # no temp files
 
 
-
 def test_written_files_get_a_plain_open_s_mode(dataset, tmp_path):
   """Atomic writes (shards, metadata, and every result file through rpl_jax.files) get the mode a plain
   open() gives in the same directory, not the temp file's 0o600; rewriting a file keeps its own mode."""
@@ -84,12 +83,12 @@ def test_written_files_get_a_plain_open_s_mode(dataset, tmp_path):
   want = os.stat(reference).st_mode & 0o7777
   for name in ('metadata.json', 'shard-00000.npz'):
     assert os.stat(os.path.join(dataset, name)).st_mode & 0o7777 == want, name
-  path = str(tmp_path / 'result.json')
-  write_atomic(path, lambda f: f.write(b'1'))
-  assert os.stat(path).st_mode & 0o7777 == want
-  os.chmod(path, 0o640)
-  write_atomic(path, lambda f: f.write(b'2'))
-  assert os.stat(path).st_mode & 0o7777 == 0o640 and open(path).read() == '2'
+  path = tmp_path / 'result.json'
+  write_atomic(str(path), lambda f: f.write(b'1'))
+  assert path.stat().st_mode & 0o7777 == want
+  path.chmod(0o640)
+  write_atomic(str(path), lambda f: f.write(b'2'))
+  assert path.stat().st_mode & 0o7777 == 0o640 and path.read_text() == '2'
 
 
 def test_config_from_dataclass(tmp_path):
