@@ -1,4 +1,5 @@
-"""Distillation of per-goal fine-tuned agents into one multi-goal agent.
+"""Distillation: of per-goal fine-tuned agents into one multi-goal agent, and of any teacher agent (an
+ensemble of RIL agents) into one by DAgger.
 
 After RRF, each compound goal has its own parameters (stacked on a leading goal axis). `collect`
 rolls every goal's teacher out toward its own goal (deterministic, the mean policy), all goals and
@@ -8,16 +9,23 @@ and, when the high levels were fine-tuned too, the high level on (state at a dec
 teacher's subgoal. One compiled function runs the `updates` Adam steps as a `lax.scan`.
 `per_goal_students` fits one student per goal instead, each on its own teacher's samples alone
 (experiments/probe_distill.py: does one student keep the per-goal agents' gain?).
+
+`dagger` distils one teacher for every goal, such as an ensemble (rollout.ensemble), on the states
+the student itself reaches (DAgger, Ross et al. 2011): the teacher's episodes first, then rounds of
+the student's own, each labelled by the teacher (`teacher_labels`) and aggregated before the student
+is fitted again (experiments/distill_ensemble.py).
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from rpl_jax.rollout import Agent, agent_rollout
+from rpl_jax.rollout import Agent, Trajectory, agent_rollout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +34,10 @@ class DistillConfig:
   updates: int = 2000
   batch_size: int = 256
   learning_rate: float = 1e-3
+  # The learning rate falls to 0 along a cosine over each fit's `updates`, so that a student ends where
+  # the fit settles rather than where Adam's last steps left it (BUILD_NOTES, "Distilling the RIL
+  # ensemble"). False: constant.
+  decay: bool = False
 
   def __post_init__(self):
     for name in ('episodes_per_goal', 'updates', 'batch_size'):
@@ -35,22 +47,35 @@ class DistillConfig:
       raise ValueError(f'learning_rate must be > 0, got {self.learning_rate}.')
 
 
+def episodes_per_goal(env, agent: Agent, params: dict[str, Any], normalizers, key: jax.Array, goals: jax.Array,
+                      episodes: int, num_steps: int, per_goal: bool = True) -> Trajectory:
+  """Mean-action episodes toward each of goals [G, 30], [G, E, ...]: with `per_goal`, params stacked per
+  goal ([G, ...]) and each goal's own agent acting; otherwise one agent's params for every goal. Jit it
+  with env, agent, episodes, num_steps and per_goal static."""
+  keys = jax.random.split(key, (goals.shape[0], episodes))
+  run = lambda p, k, g: agent_rollout(env, agent, p, normalizers, k, jnp.broadcast_to(g, (episodes,) + g.shape),
+                                      num_steps, deterministic=True)
+  return jax.vmap(run, in_axes=(0 if per_goal else None, 0, 0))(params, keys, goals)
+
+
+def _flat(x: jax.Array) -> jax.Array:
+  """[G, E, T, ...] -> [G * E * T, ...]."""
+  return x.reshape((-1,) + x.shape[3:])
+
+
 def collect(env, agent: Agent, params: dict[str, Any], normalizers, key: jax.Array, goals: jax.Array,
             episodes: int, num_steps: int, levels: tuple[str, ...]) -> dict[str, tuple[jax.Array, ...]]:
   """The teachers' labelled samples, flattened over goals, episodes and steps: per level in `levels`,
   (inputs, conditioning, targets). `params` are stacked per goal ([G, ...]); goals [G, 30]. Jit it
   with env, agent, episodes, num_steps and levels static."""
   num_goals = goals.shape[0]
-  keys = jax.random.split(key, (num_goals, episodes))
-  per_goal = lambda p, k, g: agent_rollout(env, agent, p, normalizers, k, jnp.broadcast_to(g, (episodes,) + g.shape),
-                                           num_steps, deterministic=True)
-  trajectory = jax.vmap(per_goal)(params, keys, goals)  # [G, E, ...]
-  flat = lambda x: x.reshape((-1,) + x.shape[3:])
-  data = {'low': (flat(trajectory.observations[:, :, :-1]), flat(trajectory.subgoals), flat(trajectory.actions))}
+  trajectory = episodes_per_goal(env, agent, params, normalizers, key, goals, episodes, num_steps)  # [G, E, ...]
+  data = {'low': (_flat(trajectory.observations[:, :, :-1]), _flat(trajectory.subgoals), _flat(trajectory.actions))}
   if 'high' in levels:
     decisions = jnp.arange(0, num_steps, agent.horizon)
     goal = jnp.broadcast_to(goals[:, None, None, :], (num_goals, episodes, len(decisions), goals.shape[-1]))
-    data['high'] = (flat(trajectory.observations[:, :, decisions]), flat(goal), flat(trajectory.subgoals[:, :, decisions]))
+    data['high'] = (_flat(trajectory.observations[:, :, decisions]), _flat(goal),
+                    _flat(trajectory.subgoals[:, :, decisions]))
   return data
 
 
@@ -63,7 +88,8 @@ def make_distill(agent: Agent, config: DistillConfig):
   """`distill(params, normalizers, data, key) -> (params, metrics)`: fits the levels present in
   `data` (from `collect`) starting from `params` (one agent, unstacked); the other levels are kept.
   Metrics: each level's negative log-likelihood of the teachers' outputs, per update [updates]."""
-  optimizer = optax.adam(config.learning_rate)
+  optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, config.updates) if config.decay
+                         else config.learning_rate)
 
   def distill(params, normalizers, data, key):
     levels = tuple(data)
@@ -97,3 +123,54 @@ def per_goal_students(distill, num_goals: int):
   (`collect`'s); params and metrics come back stacked per goal ([G, ...])."""
   fit = jax.vmap(distill, in_axes=(None, None, 0, None))
   return lambda params, normalizers, data, key: fit(params, normalizers, split_by_goal(data, num_goals), key)
+
+
+def teacher_labels(teacher: Agent, params: dict[str, Any], normalizers, trajectory: Trajectory,
+                   goals: jax.Array) -> dict[str, tuple[jax.Array, ...]]:
+  """`teacher`'s mean outputs on the states of `trajectory` (any agent's episodes toward goals [G, 30],
+  fields [G, E, ...]), as `collect`'s samples: the low level's action for each (state, the subgoal the
+  acting agent's low level had) and, when the teacher has a high level, its subgoal for each (state,
+  goal) at every step, not only at the acting agent's decisions. `params`: one agent's, for every goal."""
+  observations, subgoals = _flat(trajectory.observations[:, :, :-1]), _flat(trajectory.subgoals)
+  label = lambda level, conditioning: teacher.by_level[level].apply(params[level], normalizers[level], observations,
+                                                                    conditioning)[0]
+  data = {'low': (observations, subgoals, label('low', subgoals))}
+  if teacher.high is not None:
+    goal = _flat(jnp.broadcast_to(goals[:, None, None, :], trajectory.subgoals.shape))
+    data['high'] = (observations, goal, label('high', goal))
+  return data
+
+
+def dagger(env, teacher: Agent, teacher_params: dict[str, Any], student: Agent, student_params: dict[str, Any],
+           normalizers, goals: jax.Array, key: jax.Array, config: DistillConfig, rounds: int, num_steps: int):
+  """Fits `student` (starting from `student_params`) to `teacher` (one agent for every goal, e.g. an
+  ensemble of the student's structure) on episodes toward goals [G, 30]: fit 0 on the teacher's own
+  config.episodes_per_goal episodes per goal, then `rounds` times the student's own as many episodes,
+  labelled by the teacher and added to the data before the student is fitted again (config.updates,
+  from where the last fit left it). Both share `normalizers`. Returns (params after each fit, the list
+  of rounds + 1; history: per fit, the samples it fitted on, its last update's negative log-likelihoods
+  and the success and step completion of the episodes it added)."""
+  if rounds < 0:
+    raise ValueError(f'rounds must be >= 0, got {rounds}.')
+  if teacher.levels != student.levels or teacher.horizon != student.horizon:
+    raise ValueError(f'the teacher ({teacher.levels}, H = {teacher.horizon}) and the student ({student.levels}, '
+                     f'H = {student.horizon}) must have the same levels and horizon.')
+  rollout = lambda agent: jax.jit(functools.partial(episodes_per_goal, env, agent, episodes=config.episodes_per_goal,
+                                                    num_steps=num_steps, per_goal=False))
+  act = {'teacher': rollout(teacher), 'student': rollout(student)}
+  label = jax.jit(functools.partial(teacher_labels, teacher))
+  fit = jax.jit(make_distill(student, config))
+  fitted, history, data = [], [], None
+  for r, round_key in enumerate(jax.random.split(key, rounds + 1)):
+    collect_key, fit_key = jax.random.split(round_key)
+    actor, params = ('teacher', teacher_params) if r == 0 else ('student', student_params)
+    trajectory = act[actor](params, normalizers, collect_key, goals)
+    new = label(teacher_params, normalizers, trajectory, goals)
+    data = new if data is None else jax.tree.map(lambda a, b: jnp.concatenate([a, b]), data, new)
+    student_params, metrics = fit(student_params, normalizers, data, fit_key)
+    fitted.append(student_params)
+    history.append({'episodes_of': actor, 'samples': int(data['low'][0].shape[0]),
+                    'success': float(np.mean(trajectory.success[:, :, -1])),
+                    'step_completion': float(np.mean(trajectory.step_completion[:, :, -1])),
+                    **{name: float(value[-1]) for name, value in metrics.items()}})
+  return fitted, history

@@ -142,6 +142,17 @@ def build(config: config_dict.ConfigDict, loading: bool = False) -> RunConfigs:
   return RunConfigs(bc, fine_tuning, distillation, rrf_goals, goal_list(config.eval.goals), goal_values, mesh)
 
 
+def ril_settings(bc: train.BCConfig, train_steps: int) -> dict[str, Any]:
+  """The main job's ril.* settings that `build` turns back into `bc`: for a run directory holding an agent
+  trained outside the main job (experiments/distill_ensemble.py), which train_rpl.py then fine-tunes."""
+  return {'method': bc.method, 'window_low': bc.relabel.window_low, 'window_high': bc.relabel.window_high,
+          'horizon': bc.relabel.horizon, 'hidden': list(bc.policy.hidden), 'batch_size': bc.batch_size,
+          'updates_per_step': bc.updates_per_step, 'train_steps': train_steps, 'learning_rate': bc.learning_rate,
+          'relative_goals': bc.relative_goals, 'relative_subgoals': bc.relative_subgoals,
+          'object_goals': bc.object_goals, 'corrective_noise': bc.corrective_noise, 'subgoal_noise': bc.subgoal_noise,
+          'subgoal_finger_noise': bc.subgoal_finger_noise, 'average_decay': bc.average_decay}
+
+
 def check_backend(backend: str) -> None:
   """MJX needs an accelerator here: batched MJX on the CPU runs at a few physics steps per second
   (DESIGN.md section 3), so a CPU host gets the C MuJoCo backend."""
@@ -341,15 +352,22 @@ def read_table(workdir: str) -> dict:
   return results
 
 
-def load_table_run(workdir: str, method: str, seed: int) -> tuple[Policy, train.BCConfig]:
-  """The agent of run (method, seed) of an experiments/train_ril.py workdir, acting with its weight
-  average, with the table's goals and goal values, and its config (from its results.json)."""
+def load_table_state(workdir: str, method: str, seed: int) -> tuple[train.BCState, train.BCConfig]:
+  """The final training state of run (method, seed) of an experiments/train_ril.py workdir, and its config."""
   results = read_table(workdir)
   if method not in results['configs']:
     raise ValueError(f'{workdir} has no {method!r} runs; it has {sorted(results["configs"])}.')
   config = train.config_from_dict(results['configs'][method])
+  target = _ril_target(train.make_agent(config), config)
+  return load_state(os.path.join(workdir, f'{method}_seed{seed}', 'checkpoints'), target), config
+
+
+def load_table_run(workdir: str, method: str, seed: int) -> tuple[Policy, train.BCConfig]:
+  """The agent of run (method, seed) of an experiments/train_ril.py workdir, acting with its weight
+  average, with the table's goals and goal values, and its config (from its results.json)."""
+  results = read_table(workdir)
+  state, config = load_table_state(workdir, method, seed)
   agent = train.make_agent(config)
-  state = load_state(os.path.join(workdir, f'{method}_seed{seed}', 'checkpoints'), _ril_target(agent, config))
   goal_values = {element: tuple(v) for element, v in results['goal_values'].items()}
   return Policy(agent, state.average, state.normalizers, goal_list(results['config']['goals']), goal_values), config
 
@@ -357,12 +375,17 @@ def load_table_run(workdir: str, method: str, seed: int) -> tuple[Policy, train.
 GOAL_VALUES_FILE = 'goal_values.json'  # in a run directory: {"source": ..., "values": {element: [...]}}
 
 
+def write_goal_values(workdir: str, source: str, values: evaluation.GoalValues) -> None:
+  """<workdir>/goal_values.json, which load_policy reads for a run with goal_values = 'demos'."""
+  write_atomic(os.path.join(workdir, GOAL_VALUES_FILE),
+               lambda f: f.write(json.dumps({'source': source, 'values': values}, indent=1).encode()))
+
+
 def run_goal_values(workdir: str, source: str, demos: PaddedDemos) -> dict[str, tuple[float, ...]]:
   """evaluation.goal_values(source, demos), also written to <workdir>/goal_values.json for load_policy."""
   values = evaluation.goal_values(source, demos)
   if parallel.is_writer():
-    write_atomic(os.path.join(workdir, GOAL_VALUES_FILE),
-                 lambda f: f.write(json.dumps({'source': source, 'values': values}, indent=1).encode()))
+    write_goal_values(workdir, source, values)
   return values
 
 

@@ -1,6 +1,8 @@
 """Distillation and per-goal evaluation: the collected samples are the teachers' own deterministic
-rollouts, the student fits them, and a per-goal evaluation runs each goal's own parameters."""
+rollouts, the student fits them, and a per-goal evaluation runs each goal's own parameters; a teacher's
+labels on another agent's episodes, and DAgger's rounds."""
 
+import dataclasses
 import functools
 
 import jax
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 from envs.kitchen import KitchenConfig, KitchenEnv
-from rpl_jax import distill, evaluation, networks, train
+from rpl_jax import distill, evaluation, networks, rollout, train
 from rpl_jax.relabel import RelabelConfig
 from rpl_jax.rollout import agent_rollout
 
@@ -98,3 +100,67 @@ def test_per_goal_evaluation_runs_each_goals_params(setup):
     np.testing.assert_array_equal(getattr(shared, field), getattr(same, field))
   with pytest.raises(ValueError, match='stacked'):
     evaluate(teachers[0], normalizers, key, GOALS, EPISODES)
+
+
+def test_teacher_labels_are_the_teachers_means_at_every_step(setup):
+  """An ensemble teacher's labels on another agent's episodes, against each member's own apply, step by step."""
+  env, agent, normalizers, teachers, _ = setup
+  goals = jnp.asarray(evaluation.goal_states(GOALS))
+  actor = {level: network.init(jax.random.key(50 + i)) for i, (level, network) in enumerate(agent.by_level.items())}
+  trajectory = distill.episodes_per_goal(env, agent, actor, normalizers, jax.random.key(4), goals, EPISODES, STEPS,
+                                         per_goal=False)
+  teacher = rollout.ensemble(agent, len(teachers))
+  data = distill.teacher_labels(teacher, networks.stack_members(teachers), normalizers, trajectory, goals)
+  i = 0
+  for g in range(len(GOALS)):
+    for e in range(EPISODES):
+      for t in range(STEPS):
+        obs, subgoal = trajectory.observations[g, e, t], trajectory.subgoals[g, e, t]
+        mean = lambda level, conditioning: np.mean([agent.by_level[level].apply(p[level], normalizers[level], obs,
+                                                                                 conditioning)[0] for p in teachers], 0)
+        np.testing.assert_allclose(data['low'][0][i], obs)
+        np.testing.assert_allclose(data['low'][1][i], subgoal)
+        np.testing.assert_allclose(data['low'][2][i], mean('low', subgoal), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(data['high'][1][i], goals[g])
+        np.testing.assert_allclose(data['high'][2][i], mean('high', goals[g]), rtol=1e-5, atol=1e-6)
+        i += 1
+  assert i == data['low'][0].shape[0] == data['high'][0].shape[0]
+  flat = train.make_agent(dataclasses.replace(BC, method='gcbc'))
+  flat_teacher = rollout.ensemble(flat, 2)
+  labels = distill.teacher_labels(flat_teacher, networks.stack_members([{'low': t['low']} for t in teachers]),
+                                  normalizers, trajectory, goals)
+  assert list(labels) == ['low']
+
+
+def test_dagger_fits_on_the_teachers_episodes_then_adds_the_students_own(setup):
+  env, agent, normalizers, teachers, _ = setup
+  goals = jnp.asarray(evaluation.goal_states(GOALS))
+  teacher, teacher_params = rollout.ensemble(agent, len(teachers)), networks.stack_members(teachers)
+  start = {level: network.init(jax.random.key(77)) for level, network in agent.by_level.items()}
+  config = distill.DistillConfig(episodes_per_goal=EPISODES, updates=200, batch_size=24, learning_rate=3e-3, decay=True)
+  fitted, history = distill.dagger(env, teacher, teacher_params, agent, start, normalizers, goals, jax.random.key(5),
+                                   config, 2, STEPS)
+  samples = len(GOALS) * EPISODES * STEPS
+  assert [h['episodes_of'] for h in history] == ['teacher', 'student', 'student']
+  assert [h['samples'] for h in history] == [samples, 2 * samples, 3 * samples] and len(fitted) == 3
+  # Fit 0 is make_distill on the teacher's labelled episodes, with dagger's keys.
+  collect_key, fit_key = jax.random.split(jax.random.split(jax.random.key(5), 3)[0])
+  own = distill.episodes_per_goal(env, teacher, teacher_params, normalizers, collect_key, goals, EPISODES, STEPS,
+                                  per_goal=False)
+  data = distill.teacher_labels(teacher, teacher_params, normalizers, own, goals)
+  first, _ = jax.jit(distill.make_distill(agent, config))(start, normalizers, data, fit_key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), fitted[0], first)
+  # Each round's student is closer to the teacher on the student's own states than the start was.
+  final = distill.episodes_per_goal(env, agent, fitted[-1], normalizers, jax.random.key(6), goals, EPISODES, STEPS,
+                                    per_goal=False)
+  labels = distill.teacher_labels(teacher, teacher_params, normalizers, final, goals)
+  error = lambda p, level: float(jnp.mean((agent.by_level[level].apply(p[level], normalizers[level],
+                                                                       *labels[level][:2])[0] - labels[level][2])**2))
+  for level in ('low', 'high'):
+    assert error(fitted[-1], level) < 0.2 * error(start, level), level
+  with pytest.raises(ValueError, match='same levels'):
+    distill.dagger(env, teacher, teacher_params, train.make_agent(dataclasses.replace(BC, method='gcbc')), start,
+                   normalizers, goals, jax.random.key(5), config, 1, STEPS)
+  with pytest.raises(ValueError, match='rounds must be >= 0'):
+    distill.dagger(env, teacher, teacher_params, agent, start, normalizers, goals, jax.random.key(5), config, -1, STEPS)
+

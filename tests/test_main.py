@@ -647,6 +647,44 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
   assert list(json.loads((tmp_path / 'one_gcbc.json').read_text())['results']) == ['ril_seed0', 'ril_seed1',
                                                                                   'gcbc_seed0', 'ril_ensemble']
   assert 'gcbc has one run in --agents, so no ensemble of it' in process.stdout
+  # experiments/distill_ensemble.py: the two RIL seeds' ensemble distilled into one agent by DAgger, as a run
+  # directory that evaluate.py and train_rpl.py take (tests/test_distill.py checks dagger itself).
+  distil = lambda *args: subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'distill_ensemble.py'),
+                                         f'--table={tmp_path / "table"}', f'--out={tmp_path / "student"}',
+                                         '--episodes=1', '--updates=5', '--eval_episodes=1', *args], cwd=REPO,
+                                        env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                                        timeout=600)
+  for args, message in ((('--seeds=0',), 'two or more distinct runs'), (('--seeds=0,2',), 'two or more distinct runs'),
+                        (('--start_seed=2',), 'must be one of --seeds'), (('--method=oracle',), 'two or more')):
+    refused = distil(*args)
+    assert refused.returncode != 0 and message in refused.stderr, (args, refused.stderr[-2000:])
+  assert not (tmp_path / 'student').exists()
+  process = distil('--rounds=1')
+  assert process.returncode == 0, process.stderr[-3000:]
+  record = json.loads((tmp_path / 'student' / 'distill_ensemble.json').read_text())
+  assert list(record['results']) == ['ril_seed0', 'ril_ensemble', 'student_fit0', 'student_fit1']
+  assert [(h['episodes_of'], h['samples']) for h in record['history']] == [('teacher', 10), ('student', 20)]
+  # On train_ril's own resets for seed 0 (key 1000, one episode), seed 0 scores what the table recorded.
+  table_run = results['results']['ril'][0]
+  assert all(record['results']['ril_seed0'][k] == table_run[k] for k in ('success', 'step_completion', 'per_goal'))
+  student = phases.load_policy(str(tmp_path / 'student'), 'ril')
+  start = phases.load_table_run(str(tmp_path / 'table'), 'ril', 0)[0]
+  assert student.goals == start.goals and student.goal_values == start.goal_values
+  assert not np.array_equal(jax.tree.leaves(student.params)[0], jax.tree.leaves(start.params)[0])
+  process = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'evaluate.py'),
+                            f'--workdir={tmp_path / "student"}', '--agents=ril', '--episodes=1',
+                            f'--out={tmp_path / "student_eval"}'], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                           capture_output=True, text=True, timeout=600)
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert json.loads((tmp_path / 'student_eval.json').read_text())['results']['ril'] == record['results']['student_fit1']
+  process = run_train_rpl(f'--ril_workdir={tmp_path / "student"}', f'--workdir={tmp_path / "student_rpl"}',
+                          '--config.preset=smoke', '--config.eval.videos=0', '--config.rrf.iterations=1',
+                          '--config.backend=cpu')
+  assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
+  run = read_config(str(tmp_path / 'student_rpl' / 'rrf' / 'checkpoints'))
+  assert run['demos']['path'] == str(smoke_run / 'demos') and run['ril']['window_high'] == 20
+  refused = distil()
+  assert refused.returncode != 0 and 'already exists' in refused.stderr
   # The same workdir with another setting would mix two experiments in one table: refused.
   refused = train_ril(tmp_path / 'table', '--config.corrective_noise=0.1')
   assert refused.returncode != 0 and 'corrective_noise=0.05 there, 0.1 here' in refused.stderr, refused.stderr[-2000:]
