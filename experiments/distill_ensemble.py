@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from envs.kitchen import KitchenConfig, KitchenEnv
 from rpl_jax import distill, evaluation, logs, networks, phases, rollout, train
 from rpl_jax.checkpoint import Checkpointer, CheckpointError
+from rpl_jax.data import read_metadata
 from rpl_jax.files import write_atomic
 
 _TABLE = flags.DEFINE_string('table', None, 'An experiments/train_ril.py workdir.', required=True)
@@ -61,14 +62,14 @@ def main_config():
   return module.get_config()
 
 
-def run_config(table: dict, bc, start_seed: int, backend: str, settings: dict) -> dict:
+def run_config(table: dict, bc, demos: str, start_seed: int, backend: str, settings: dict) -> dict:
   """The main-job config the student's run directory is saved under: the table's imitation settings,
   demos, goals, goal values and episode length; `settings` (this script's flags) under 'distill_ensemble'."""
   config = main_config()
   config.seed = start_seed
   config.backend = backend
   config.goal_values = table['config']['goal_values']
-  config.demos.path = os.path.abspath(table['config']['demos'])
+  config.demos.path = demos
   config.ril.update(phases.ril_settings(bc, table['config']['train_steps']))
   config.eval.goals = table['config']['goals']
   config.eval.seed = _EVAL_SEED.value
@@ -84,19 +85,17 @@ def report(settings: dict, results: dict[str, dict], history: list[dict], goals)
   lines = [f'# The {settings["method"]} ensemble of {settings["table"]}, distilled by DAgger', '',
            f'Teacher: seeds {settings["seeds"]}. The student starts from {start}. Fits: {settings["updates"]} Adam '
            f'updates of {settings["batch_size"]} at {settings["learning_rate"]:g}'
-           f'{", decayed along a cosine" if settings["decay"] else ""}, after the teacher\'s {settings["episodes"]} '
-           f'episodes per goal and after each of {settings["rounds"]} rounds of the student\'s own.', '',
+           f'{", decayed along a cosine" if settings["decay"] else ""}, after the teacher\'s episodes ('
+           f'{settings["episodes"]} per goal) and after each of {settings["rounds"]} rounds of the student\'s own.', '',
            '| fit | episodes added | samples | their success | their step completion | nll low | nll high |',
            '|---|---|---|---|---|---|---|']
   for r, h in enumerate(history):
     lines.append(f'| {r} | {h["episodes_of"]}\'s | {h["samples"]} | {h["success"]:.3f} | {h["step_completion"]:.2f} '
                  f'| {h["nll_low"]:.2f} | {h.get("nll_high", float("nan")):.2f} |')
-  lines += ['', f'## Evaluation: {settings["eval_episodes"]} mean-action episodes per goal, reset key '
-            f'{settings["eval_seed"]}, the same resets for every agent', '',
-            evaluation.markdown_table(results, goals), '']
+  lines += ['', f'## Evaluation: {settings["eval_episodes"]} mean-action episodes per goal from reset key '
+            f'{settings["eval_seed"]}, the same resets for every agent', '']
   leads = {name: evaluation.success_lead(results[name], results[start]) for name in results if name != start}
-  lines.append(evaluation.leads_markdown(leads, start))
-  return '\n'.join(lines) + '\n'
+  return '\n'.join(lines) + '\n' + evaluation.markdown_table(results, goals) + evaluation.leads_markdown(leads, start)
 
 
 def main(argv):
@@ -117,7 +116,9 @@ def main(argv):
   start_seed = seeds[0] if _START_SEED.value is None else _START_SEED.value
   if start_seed not in seeds:
     raise app.UsageError(f'--start_seed must be one of --seeds {seeds}, got {start_seed}.')
+  demos = os.path.abspath(table['config']['demos'])  # a relative path is the table's, read from here
   try:
+    read_metadata(demos)  # train_rpl.py would generate a new dataset where there is none
     config = distill.DistillConfig(_EPISODES.value, _UPDATES.value, _BATCH_SIZE.value, _LEARNING_RATE.value,
                                    _DECAY.value)
     goals = evaluation.check_goals(phases.goal_list(table['config']['goals']), _EVAL_EPISODES.value)
@@ -154,7 +155,7 @@ def main(argv):
   student = start_state.replace(params=fitted[-1], average=fitted[-1])
   os.makedirs(_OUT.value, exist_ok=True)
   phases.write_goal_values(_OUT.value, table['config']['goal_values'], goal_values)
-  with Checkpointer(checkpoints, run_config(table, bc, start_seed, backend, settings), max_to_keep=1) as saver:
+  with Checkpointer(checkpoints, run_config(table, bc, demos, start_seed, backend, settings), max_to_keep=1) as saver:
     saver.save(table['config']['train_steps'], student, force=True)
 
   evaluate = {structure: evaluation.make_evaluator(env, structure, steps, values=goal_values)

@@ -685,6 +685,13 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
   assert run['demos']['path'] == str(smoke_run / 'demos') and run['ril']['window_high'] == 20
   refused = distil()
   assert refused.returncode != 0 and 'already exists' in refused.stderr
+  # A table whose demos are gone is refused: train_rpl.py would generate a new dataset in their place.
+  shutil.copytree(tmp_path / 'table', tmp_path / 'moved')
+  moved = json.loads((tmp_path / 'moved' / 'results.json').read_text())
+  moved['config']['demos'] = str(tmp_path / 'gone')
+  (tmp_path / 'moved' / 'results.json').write_text(json.dumps(moved))
+  refused = distil(f'--table={tmp_path / "moved"}', f'--out={tmp_path / "student_moved"}')
+  assert refused.returncode != 0 and 'no dataset metadata' in refused.stderr, refused.stderr[-2000:]
   # The same workdir with another setting would mix two experiments in one table: refused.
   refused = train_ril(tmp_path / 'table', '--config.corrective_noise=0.1')
   assert refused.returncode != 0 and 'corrective_noise=0.05 there, 0.1 here' in refused.stderr, refused.stderr[-2000:]
