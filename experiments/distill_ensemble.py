@@ -118,7 +118,7 @@ def main(argv):
     raise app.UsageError(f'--start_seed must be one of --seeds {seeds}, got {start_seed}.')
   demos = os.path.abspath(table['config']['demos'])  # a relative path is the table's, read from here
   try:
-    read_metadata(demos)  # train_rpl.py would generate a new dataset where there is none
+    read_metadata(demos)  # the student's run directory names them for train_rpl.py's RRF
     config = distill.DistillConfig(_EPISODES.value, _UPDATES.value, _BATCH_SIZE.value, _LEARNING_RATE.value,
                                    _DECAY.value)
     goals = evaluation.check_goals(phases.goal_list(table['config']['goals']), _EVAL_EPISODES.value)

@@ -685,7 +685,7 @@ def test_train_ril_writes_table_1_and_refuses_other_methods(smoke_run, tmp_path)
   assert run['demos']['path'] == str(smoke_run / 'demos') and run['ril']['window_high'] == 20
   refused = distil()
   assert refused.returncode != 0 and 'already exists' in refused.stderr
-  # A table whose demos are gone is refused: train_rpl.py would generate a new dataset in their place.
+  # A table whose demos are gone is refused before anything runs: train_rpl.py's RRF would need them.
   shutil.copytree(tmp_path / 'table', tmp_path / 'moved')
   moved = json.loads((tmp_path / 'moved' / 'results.json').read_text())
   moved['config']['demos'] = str(tmp_path / 'gone')
