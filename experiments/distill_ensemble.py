@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from envs.kitchen import KitchenConfig, KitchenEnv
-from rpl_jax import distill, evaluation, logs, networks, phases, rollout, train
+from rpl_jax import distill, evaluation, logs, phases, train
 from rpl_jax.checkpoint import Checkpointer, CheckpointError
 from rpl_jax.data import read_metadata
 from rpl_jax.files import write_atomic
@@ -124,24 +124,21 @@ def main(argv):
     goals = evaluation.check_goals(phases.goal_list(table['config']['goals']), _EVAL_EPISODES.value)
     backend = _BACKEND.value or table['config']['backend']
     phases.check_backend(backend)
-    states = {seed: phases.load_table_state(_TABLE.value, _METHOD.value, seed) for seed in seeds}
+    start_state, bc = phases.load_table_state(_TABLE.value, _METHOD.value, start_seed)
+    teacher = phases.ensemble([phases.load_table_run(_TABLE.value, _METHOD.value, seed)[0] for seed in seeds])
   except (ValueError, CheckpointError) as e:
     raise app.UsageError(str(e)) from e
   if _ROUNDS.value < 0:
     raise app.UsageError(f'--rounds must be >= 0, got {_ROUNDS.value}.')
-  start_state, bc = states[start_seed]
-  agent = train.make_agent(bc)
-  teacher = rollout.ensemble(agent, len(seeds))
-  teacher_params = networks.stack_members([states[seed][0].average for seed in seeds])
-  normalizers = start_state.normalizers  # the table's runs share them: they were fitted to the same demos
+  agent, normalizers = train.make_agent(bc), start_state.normalizers  # every seed's: phases.ensemble checks
   goal_values = {element: tuple(v) for element, v in table['goal_values'].items()}
   goal_states = jnp.asarray(evaluation.goal_states(goals, goal_values))
   steps = table['config']['episode_steps']
   env = KitchenEnv(KitchenConfig(backend=backend, horizon=steps))
 
   start = time.perf_counter()
-  fitted, history = distill.dagger(env, teacher, teacher_params, agent, start_state.average, normalizers, goal_states,
-                                   jax.random.key(_SEED.value), config, _ROUNDS.value, steps)
+  fitted, history = distill.dagger(env, teacher.agent, teacher.params, agent, start_state.average, normalizers,
+                                   goal_states, jax.random.key(_SEED.value), config, _ROUNDS.value, steps)
   for r, h in enumerate(history):
     print(f'fit {r}: {h["samples"]} samples ({h["episodes_of"]}\'s episodes added: success {h["success"]:.3f}, step '
           f'completion {h["step_completion"]:.2f}), nll low {h["nll_low"]:.2f}', flush=True)
@@ -159,9 +156,9 @@ def main(argv):
     saver.save(table['config']['train_steps'], student, force=True)
 
   evaluate = {structure: evaluation.make_evaluator(env, structure, steps, values=goal_values)
-              for structure in (agent, teacher)}
+              for structure in (agent, teacher.agent)}
   agents = {f'{_METHOD.value}_seed{start_seed}': (agent, start_state.average),
-            f'{_METHOD.value}_ensemble': (teacher, teacher_params),
+            f'{_METHOD.value}_ensemble': (teacher.agent, teacher.params),
             **{f'student_fit{r}': (agent, params) for r, params in enumerate(fitted)}}
   results = {}
   for name, (structure, params) in agents.items():

@@ -34,10 +34,9 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from envs.kitchen import KitchenConfig, KitchenEnv
-from rpl_jax import evaluation, logs, networks, phases, rollout
+from rpl_jax import evaluation, logs, phases
 from rpl_jax.checkpoint import CheckpointError, read_config
 from rpl_jax.files import write_atomic
 
@@ -114,17 +113,15 @@ def ensembles(policies: dict[str, phases.Policy]) -> dict[str, phases.Policy]:
     by_method.setdefault(name.rsplit('_seed', 1)[0], []).append(policy)
   if all(len(members) < 2 for members in by_method.values()):
     raise app.UsageError(f'--ensemble needs two or more runs of one method in --agents, got {list(policies)}.')
-  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   agents = {}
   for method, members in by_method.items():
-    first = members[0]
     if len(members) < 2:
       print(f'--ensemble: {method} has one run in --agents, so no ensemble of it.')
-    elif not all(same(p.normalizers, first.normalizers) for p in members):
-      raise app.UsageError(f'--ensemble: the {method} runs were trained on other data (their normalizers differ).')
-    else:
-      agents[f'{method}_ensemble'] = first._replace(agent=rollout.ensemble(first.agent, len(members)),
-                                                    params=networks.stack_members([p.params for p in members]))
+      continue
+    try:
+      agents[f'{method}_ensemble'] = phases.ensemble(members)
+    except ValueError as e:
+      raise app.UsageError(f'--ensemble: {method}: {e}') from e
   return agents
 
 

@@ -27,7 +27,7 @@ from ml_collections import config_dict
 
 from envs.kitchen import ACTION_DIM, tasks
 from envs.kitchen import physics as kitchen_physics
-from rpl_jax import awopt, distill, evaluation, networks, npg, parallel, relabel, rrf, train
+from rpl_jax import awopt, distill, evaluation, networks, npg, parallel, relabel, rollout, rrf, train
 from rpl_jax.checkpoint import Checkpointer, latest_step, load_state, read_config
 from rpl_jax.data.demos import PaddedDemos
 from rpl_jax.files import write_atomic
@@ -370,6 +370,20 @@ def load_table_run(workdir: str, method: str, seed: int) -> tuple[Policy, train.
   agent = train.make_agent(config)
   goal_values = {element: tuple(v) for element, v in results['goal_values'].items()}
   return Policy(agent, state.average, state.normalizers, goal_list(results['config']['goals']), goal_values), config
+
+
+def ensemble(members: list[Policy]) -> Policy:
+  """Two or more runs of one train_ril.py method as one agent (rollout.ensemble: at each level, the mean of
+  their means). They must share network shapes and normalizers, as the seeds of one table do (fitted to the
+  same demos); ValueError otherwise."""
+  first = members[0]
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  if len(members) < 2:
+    raise ValueError(f'an ensemble needs two or more members, got {len(members)}.')
+  if not all(same(p.normalizers, first.normalizers) for p in members):
+    raise ValueError('the runs were trained on other data (their normalizers differ).')
+  return first._replace(agent=rollout.ensemble(first.agent, len(members)),
+                        params=networks.stack_members([p.params for p in members]))
 
 
 GOAL_VALUES_FILE = 'goal_values.json'  # in a run directory: {"source": ..., "values": {element: [...]}}

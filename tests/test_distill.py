@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from envs.kitchen import KitchenConfig, KitchenEnv
-from rpl_jax import distill, evaluation, networks, rollout, train
+from rpl_jax import distill, evaluation, networks, phases, rollout, train
 from rpl_jax.relabel import RelabelConfig
 from rpl_jax.rollout import agent_rollout
 
@@ -164,3 +164,20 @@ def test_dagger_fits_on_the_teachers_episodes_then_adds_the_students_own(setup):
   with pytest.raises(ValueError, match='rounds must be >= 0'):
     distill.dagger(env, teacher, teacher_params, agent, start, normalizers, goals, jax.random.key(5), config, -1, STEPS)
 
+
+
+def test_an_ensemble_of_runs_stacks_members_that_share_their_normalizers(setup):
+  """phases.ensemble (evaluate.py --ensemble, distill_ensemble.py's teacher): the members' params stacked in
+  their order under rollout.ensemble's agent; one member, or members fitted to other data, are refused."""
+  _, agent, normalizers, teachers, _ = setup
+  members = [phases.Policy(agent, params, normalizers, GOALS, {}) for params in teachers]
+  joined = phases.ensemble(members)
+  assert joined.agent == rollout.ensemble(agent, 2) and joined.normalizers is normalizers
+  for member, params in enumerate(teachers):
+    jax.tree.map(lambda stacked, own: np.testing.assert_array_equal(stacked[member], own), joined.params, params)
+  with pytest.raises(ValueError, match='two or more members'):
+    phases.ensemble(members[:1])
+  low = normalizers['low']
+  shifted = dict(normalizers, low=low.replace(obs=low.obs.replace(mean=low.obs.mean + 0.1)))
+  with pytest.raises(ValueError, match='normalizers differ'):
+    phases.ensemble([members[0], members[1]._replace(normalizers=shifted)])
