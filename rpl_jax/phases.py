@@ -121,7 +121,8 @@ def build(config: config_dict.ConfigDict, loading: bool = False) -> RunConfigs:
         dapg_lambda1=r.dapg_lambda1, bc_batch_size=r.bc_batch_size, buffer_episodes=r.buffer_episodes, **monitor)
     rrf.check_exploration(fine_tuning, bc.policy.min_log_std)
   d = config.distill
-  distillation = distill.DistillConfig(d.episodes_per_goal, d.updates, d.batch_size, d.learning_rate)
+  distillation = distill.DistillConfig(d.episodes_per_goal, d.updates, d.batch_size, d.learning_rate,
+                                       d.get('decay', False))  # absent in runs saved before the key existed
   for name, value in (('ril.train_steps', config.ril.train_steps), ('rrf.iterations', r.iterations),
                       ('checkpoint_every', config.checkpoint_every), ('eval.episodes', config.eval.episodes),
                       ('eval.episode_steps', config.eval.episode_steps)):

@@ -107,6 +107,16 @@ def test_a_saved_run_builds_for_loading_on_any_host():
   assert phases.build(config, loading=True).mesh.size == 1
 
 
+def test_distillation_settings_reach_its_config():
+  """distill.* build the phase's DistillConfig; a run saved before `distill.decay` existed fitted at a constant rate."""
+  config = smoke()
+  config.distill.decay, config.distill.updates = True, 7
+  built = phases.build(config).distill
+  assert (built.decay, built.updates, built.episodes_per_goal) == (True, 7, config.distill.episodes_per_goal)
+  del config.distill.decay
+  assert phases.build(config).distill.decay is False
+
+
 def test_mjx_needs_an_accelerator():
   """(Sizes the device mesh does not divide: tests/test_parallel.py, on 4 devices.)"""
   config = smoke()

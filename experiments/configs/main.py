@@ -156,6 +156,7 @@ def get_config(preset: str = 'quick') -> config_dict.ConfigDict:
   config.distill.updates = 2000
   config.distill.batch_size = 256
   config.distill.learning_rate = 1e-3
+  config.distill.decay = False  # the learning rate falls to 0 along a cosine over the updates (distill.DistillConfig)
 
   config.eval = config_dict.ConfigDict()
   config.eval.seed = 1000
