@@ -109,6 +109,8 @@ def main(argv):
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(f'--table: {e}') from e
   ran = len(table['results'].get(_METHOD.value, []))
+  if not ran:
+    raise app.UsageError(f'--method: {_TABLE.value} has no {_METHOD.value!r} runs; it has {sorted(table["results"])}.')
   seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else list(range(ran))
   if len(set(seeds)) < 2 or any(not 0 <= s < ran for s in seeds):
     raise app.UsageError(f'--seeds must name two or more distinct runs of {_METHOD.value!r} in {_TABLE.value} (seeds '
