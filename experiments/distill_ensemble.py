@@ -15,7 +15,7 @@ the student after every fit are evaluated on the same resets (--eval_episodes pe
 
 <out>/ril/checkpoints holds the student: the starting run's training state with the student's parameters
 as the ones it acts with, saved under a main-job config whose ril.* settings and demos are the table's
-(phases.ril_settings). An --out that already holds a student is refused. The student learns from
+(phases.ril_settings). An --out that is not empty is refused. The student learns from
 episodes toward the evaluation goals, as RRF does, so it is no Table 1 entry: it is not imitation alone.
 """
 
@@ -102,8 +102,10 @@ def main(argv):
   del argv
   logs.quiet_info_logs()
   checkpoints = os.path.join(_OUT.value, 'ril', 'checkpoints')
-  if os.path.exists(checkpoints):
-    raise app.UsageError(f'{checkpoints} already exists: --out holds a student; name another directory.')
+  if os.path.exists(_OUT.value) and os.listdir(_OUT.value):  # a student, or another run whose files it would replace
+    raise app.UsageError(f'{_OUT.value} already exists and is not empty: name a new directory for the student.')
+  if _ROUNDS.value < 0:
+    raise app.UsageError(f'--rounds must be >= 0, got {_ROUNDS.value}.')
   try:
     table = phases.read_table(_TABLE.value)
   except (FileNotFoundError, ValueError) as e:
@@ -130,8 +132,6 @@ def main(argv):
     teacher = phases.ensemble([phases.load_table_run(_TABLE.value, _METHOD.value, seed)[0] for seed in seeds])
   except (ValueError, CheckpointError) as e:
     raise app.UsageError(str(e)) from e
-  if _ROUNDS.value < 0:
-    raise app.UsageError(f'--rounds must be >= 0, got {_ROUNDS.value}.')
   agent, normalizers = train.make_agent(bc), start_state.normalizers  # every seed's: phases.ensemble checks
   goal_values = {element: tuple(v) for element, v in table['goal_values'].items()}
   goal_states = jnp.asarray(evaluation.goal_states(goals, goal_values))

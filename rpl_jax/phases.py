@@ -377,10 +377,10 @@ def ensemble(members: list[Policy]) -> Policy:
   """Two or more runs of one train_ril.py method as one agent (rollout.ensemble: at each level, the mean of
   their means). They must share network shapes and normalizers, as the seeds of one table do (fitted to the
   same demos); ValueError otherwise."""
-  first = members[0]
-  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   if len(members) < 2:
     raise ValueError(f'an ensemble needs two or more members, got {len(members)}.')
+  first = members[0]
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   if not all(same(p.normalizers, first.normalizers) for p in members):
     raise ValueError('the runs were trained on other data (their normalizers differ).')
   return first._replace(agent=rollout.ensemble(first.agent, len(members)),
